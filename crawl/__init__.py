@@ -1,0 +1,1 @@
+"""Crawl stage: entities to search queries, search results and archived downloads."""

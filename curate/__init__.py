@@ -1,0 +1,1 @@
+"""Curate stage: downloaded images to clean, captioned webdataset shards."""

@@ -1,0 +1,431 @@
+"""Reading Wikidata dumps: detect the format, stream, keep what the harvest needs.
+
+Three formats are read, each plain, gzip or bzip2 compressed:
+
+- N-Triples (the truthy ``latest-truthy.nt`` and the full ``latest-all.nt``),
+  filtered line by line without a full parse: a fast byte search finds the
+  lines whose predicate is kept, and only those are split into terms;
+- Turtle (``latest-all.ttl`` and entity exports), parsed by Oxigraph's
+  streaming parser and filtered triple by triple;
+- the JSON dump (``[``, one entity per line with a trailing comma), turned
+  into the same triples the truthy RDF dump would hold: best-rank claims
+  only, labels, descriptions and aliases per language, and the sitelink count.
+
+Every reader yields :class:`TripleBatch` objects of stored-form terms (see
+:mod:`kg.terms`) and counts lines, kept triples and malformed lines in a
+:class:`ReadStats`, so that memory stays flat however large the dump is.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import logging
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import quote
+
+import orjson
+import pyoxigraph
+
+from kg import terms
+from kg.errors import DumpFormatError, InputError, MalformedDumpError
+
+log = logging.getLogger(__name__)
+
+BLOCK_BYTES = 16 << 20  # decompressed bytes handled per step; bounds memory
+COMMONS_FILE_PATH = "http://commons.wikimedia.org/wiki/Special:FilePath/"
+
+
+class DumpFormat(StrEnum):
+    NTRIPLES = "ntriples"
+    TURTLE = "turtle"
+    JSON = "json"
+
+
+class Compression(StrEnum):
+    NONE = "none"
+    GZIP = "gzip"
+    BZIP2 = "bzip2"
+
+
+@dataclass(frozen=True)
+class KeepRules:
+    """Which triples of a dump are kept.
+
+    ``properties`` are Wikidata property ids kept as truthy ``wdt:`` claims;
+    ``languages`` restrict every language-tagged literal (labels,
+    descriptions, aliases, monolingual claims such as common names); an empty
+    list keeps all languages. Labels, descriptions and aliases are always kept.
+    """
+
+    properties: tuple[str, ...]
+    languages: tuple[str, ...]
+    sitelinks: bool = True
+
+    def predicates(self) -> list[str]:
+        """The full IRIs of every kept predicate."""
+        kept = [terms.RDFS_LABEL, terms.SCHEMA_DESCRIPTION, terms.SKOS_ALT_LABEL]
+        kept += [terms.WDT + pid for pid in self.properties]
+        if self.sitelinks:
+            kept += [terms.WIKIBASE_SITELINKS, terms.SCHEMA_ABOUT]
+        return [*kept, terms.SCHEMA_DATE_MODIFIED]
+
+    def keeps_language(self, lang: str) -> bool:
+        return not self.languages or lang in self.languages
+
+
+@dataclass
+class TripleBatch:
+    """Parallel lists of stored-form subjects, predicates and objects."""
+
+    s: list[str] = field(default_factory=list)
+    p: list[str] = field(default_factory=list)
+    o: list[str] = field(default_factory=list)
+
+    def add(self, s: str, p: str, o: str) -> None:
+        self.s.append(s)
+        self.p.append(p)
+        self.o.append(o)
+
+    def __len__(self) -> int:
+        return len(self.s)
+
+
+@dataclass
+class ReadStats:
+    """What a reader saw; malformed lines keep their 1-based line numbers."""
+
+    lines: int = 0
+    kept: int = 0
+    malformed: int = 0
+    examples: list[tuple[int, str]] = field(default_factory=list)
+    bytes_read: int = 0
+
+    def record_malformed(self, line_number: int, text: str, max_examples: int) -> None:
+        self.malformed += 1
+        if len(self.examples) < max_examples:
+            self.examples.append((line_number, text[:200]))
+
+
+def detect(path: Path) -> tuple[DumpFormat, Compression]:
+    """Tell a dump's format and compression from its name and first bytes.
+
+    Raises:
+        InputError: the file does not exist or cannot be read.
+        DumpFormatError: neither the name nor the content says N-Triples,
+            Turtle or the JSON dump.
+    """
+    if not path.is_file():
+        raise InputError(f"dump file not found: {path}; check kg.source")
+    with path.open("rb") as raw:
+        magic = raw.read(4)
+    if magic.startswith(b"\x1f\x8b"):
+        compression = Compression.GZIP
+    elif magic.startswith(b"BZh"):
+        compression = Compression.BZIP2
+    else:
+        compression = Compression.NONE
+
+    stem = path.name.lower()
+    for suffix in (".gz", ".gzip", ".bz2"):
+        stem = stem.removesuffix(suffix)
+    by_name = {".nt": DumpFormat.NTRIPLES, ".ttl": DumpFormat.TURTLE}
+    by_name[".json"] = DumpFormat.JSON
+    for suffix, found in by_name.items():
+        if stem.endswith(suffix):
+            return found, compression
+    return _sniff_format(path, compression), compression
+
+
+def _sniff_format(path: Path, compression: Compression) -> DumpFormat:
+    with open_dump(path, compression) as stream:
+        head = stream.read(4096).lstrip()
+    if head.startswith((b"[", b"{")):
+        return DumpFormat.JSON
+    if head[:7].lower() in (b"@prefix", b"prefix ") or head.startswith(b"@base"):
+        return DumpFormat.TURTLE
+    if head.startswith((b"<", b"_:")):
+        return DumpFormat.NTRIPLES
+    raise DumpFormatError(
+        f"cannot tell the format of {path}: expected N-Triples (.nt), Turtle "
+        "(.ttl) or the Wikidata JSON dump (.json), each plain, .gz or .bz2; "
+        f"the file starts with {head[:40]!r}. Rename it with the right suffix "
+        "or point kg.source at a Wikidata dump."
+    )
+
+
+def open_dump(path: Path, compression: Compression) -> BinaryIO:
+    """Open a dump for reading decompressed bytes."""
+    if compression is Compression.GZIP:
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    if compression is Compression.BZIP2:
+        return bz2.open(path, "rb")  # type: ignore[return-value]
+    return path.open("rb")
+
+
+def read_blocks(stream: BinaryIO) -> Iterator[bytes]:
+    """Yield blocks of whole lines, each about ``BLOCK_BYTES`` long."""
+    rest = b""
+    while chunk := stream.read(BLOCK_BYTES):
+        chunk = rest + chunk
+        cut = chunk.rfind(b"\n") + 1
+        if cut == 0:
+            rest = chunk
+            continue
+        rest = chunk[cut:]
+        yield chunk[:cut]
+    if rest:
+        yield rest + b"\n"
+
+
+Reader = Callable[[BinaryIO, KeepRules, ReadStats, int], Iterator[TripleBatch]]
+
+
+def reader_for(fmt: DumpFormat) -> Reader:
+    """The reader function of a dump format."""
+    readers: dict[DumpFormat, Reader] = {
+        DumpFormat.NTRIPLES: read_ntriples,
+        DumpFormat.TURTLE: read_turtle,
+        DumpFormat.JSON: read_json_dump,
+    }
+    return readers[fmt]
+
+
+# --------------------------------------------------------------------------
+# N-Triples
+
+
+class _LineFilter:
+    """Find kept lines of an N-Triples block by searching for their predicate.
+
+    The search runs over the whole block in C (``re`` with a literal prefix),
+    so the dropped majority of lines costs no Python work at all; only the
+    matched lines are cut into subject, predicate and object.
+    """
+
+    def __init__(self, rules: KeepRules):
+        predicates = rules.predicates()
+        alternation = b"|".join(re.escape(p.encode()) for p in predicates)
+        self.pattern = re.compile(rb"> <(" + alternation + rb")> ")
+        self.rules = rules
+        self.subject_only = {
+            terms.SCHEMA_ABOUT.encode(): terms.ENTITY_DATA.encode(),
+            terms.SCHEMA_DATE_MODIFIED.encode(): terms.WIKIBASE_DUMP.encode(),
+        }
+
+    def keep(self, block: bytes, batch: TripleBatch) -> None:
+        rfind, find = block.rfind, block.find
+        for match in self.pattern.finditer(block):
+            start = rfind(b"\n", 0, match.start()) + 1
+            end = find(b"\n", match.end())
+            subject = block[start : match.start() + 1]
+            if b" " in subject or not subject.startswith((b"<", b"_:")):
+                continue  # the match was inside a literal, not the predicate
+            predicate = match.group(1)
+            required = self.subject_only.get(predicate)
+            if required is not None and not subject.startswith(b"<" + required):
+                continue
+            obj = block[match.end() : end].rstrip(b" .\t\r")
+            if obj.startswith(b'"') and not obj.endswith(b'"'):
+                at = obj.rfind(b"@")
+                if at > obj.rfind(b'"') and not self.rules.keeps_language(
+                    obj[at + 1 :].decode().lower()
+                ):
+                    continue
+            batch.add(
+                subject.decode(),
+                f"<{predicate.decode()}>",
+                terms.canonical_term(obj.decode()),
+            )
+
+
+def _count_well_formed(block: bytes) -> int:
+    """Lines that start like a triple (or are comments/blank) and end in '.'."""
+    starts = block.count(b"\n<") + block.count(b"\n_:")
+    starts += block.count(b"\n#") + block.count(b"\n\n")
+    starts += 1 if block.startswith((b"<", b"_:", b"#", b"\n")) else 0
+    ends = block.count(b".\n") + block.count(b".\r\n") + block.count(b". \n")
+    ends += block.count(b"\n\n") + block.count(b"\n#")
+    ends += 1 if block.startswith((b"\n", b"#")) else 0
+    return min(starts, ends)
+
+
+def _find_malformed(
+    block: bytes, first_line: int, stats: ReadStats, max_examples: int
+) -> None:
+    """Slow path, run only on a block whose fast counts disagree."""
+    for offset, line in enumerate(block.split(b"\n")[:-1]):
+        text = line.strip()
+        if not text or text.startswith(b"#"):
+            continue
+        if text.startswith((b"<", b"_:")) and text.endswith(b".") and b" " in text:
+            continue
+        stats.record_malformed(
+            first_line + offset, line.decode(errors="replace"), max_examples
+        )
+
+
+def read_ntriples(
+    stream: BinaryIO, rules: KeepRules, stats: ReadStats, max_examples: int = 5
+) -> Iterator[TripleBatch]:
+    """Stream an N-Triples dump, yielding one batch of kept triples per block."""
+    line_filter = _LineFilter(rules)
+    for block in read_blocks(stream):
+        num_lines = block.count(b"\n")
+        if _count_well_formed(block) != num_lines:
+            _find_malformed(block, stats.lines + 1, stats, max_examples)
+        batch = TripleBatch()
+        line_filter.keep(block, batch)
+        stats.lines += num_lines
+        stats.bytes_read += len(block)
+        stats.kept += len(batch)
+        yield batch
+
+
+# --------------------------------------------------------------------------
+# Turtle
+
+
+def read_turtle(
+    stream: BinaryIO, rules: KeepRules, stats: ReadStats, max_examples: int = 5
+) -> Iterator[TripleBatch]:
+    """Stream a Turtle dump through Oxigraph's parser, keeping needed triples.
+
+    Turtle cannot be resynchronised after a syntax error the way a line
+    format can, so the first error stops the read with its position.
+    """
+    kept = set(rules.predicates())
+    data_prefix = "<" + terms.ENTITY_DATA
+    dump_subject = terms.iri(terms.WIKIBASE_DUMP)
+    batch = TripleBatch()
+    try:
+        for triple in pyoxigraph.parse(stream, format=pyoxigraph.RdfFormat.TURTLE):
+            predicate = triple.predicate.value
+            if predicate not in kept:
+                continue
+            subject, obj = str(triple.subject), triple.object
+            if predicate == terms.SCHEMA_ABOUT and not subject.startswith(data_prefix):
+                continue
+            if predicate == terms.SCHEMA_DATE_MODIFIED and subject != dump_subject:
+                continue
+            language = obj.language if isinstance(obj, pyoxigraph.Literal) else None
+            if language and not rules.keeps_language(language.lower()):
+                continue
+            batch.add(subject, f"<{predicate}>", terms.canonical_term(str(obj)))
+            if len(batch) >= 200_000:
+                stats.kept += len(batch)
+                yield batch
+                batch = TripleBatch()
+    except SyntaxError as error:
+        stats.record_malformed(getattr(error, "lineno", 0) or 0, str(error), 1)
+        raise MalformedDumpError(
+            f"Turtle syntax error in the dump: {error}. Turtle cannot be resumed "
+            "after an error; repair the file or use the N-Triples or JSON dump."
+        ) from error
+    stats.bytes_read = stream.tell() if stream.seekable() else stats.bytes_read
+    stats.kept += len(batch)
+    yield batch
+
+
+# --------------------------------------------------------------------------
+# JSON dump
+
+
+def read_json_dump(
+    stream: BinaryIO, rules: KeepRules, stats: ReadStats, max_examples: int = 5
+) -> Iterator[TripleBatch]:
+    """Stream the Wikidata JSON dump: ``[``, one entity per line, ``]``."""
+    properties = set(rules.properties)
+    for block in read_blocks(stream):
+        batch = TripleBatch()
+        first_line = stats.lines + 1
+        for offset, line in enumerate(block.split(b"\n")[:-1]):
+            text = line.strip().rstrip(b",")
+            if text in (b"", b"[", b"]"):
+                continue
+            try:
+                entity = orjson.loads(text)
+                _entity_triples(entity, rules, properties, batch)
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+                stats.record_malformed(
+                    first_line + offset, f"{err}: {line[:120]!r}", max_examples
+                )
+        stats.lines += block.count(b"\n")
+        stats.bytes_read += len(block)
+        stats.kept += len(batch)
+        yield batch
+
+
+def _entity_triples(
+    entity: dict, rules: KeepRules, properties: set[str], batch: TripleBatch
+) -> None:
+    """Add one JSON entity's kept triples, as the truthy RDF dump states them."""
+    subject = terms.iri(terms.WD + entity["id"])
+    names = (
+        ("labels", terms.RDFS_LABEL),
+        ("descriptions", terms.SCHEMA_DESCRIPTION),
+    )
+    for key, predicate in names:
+        for lang, entry in entity.get(key, {}).items():
+            if rules.keeps_language(lang.lower()):
+                batch.add(
+                    subject, f"<{predicate}>", terms.literal(entry["value"], lang)
+                )
+    for lang, entries in entity.get("aliases", {}).items():
+        if rules.keeps_language(lang.lower()):
+            for entry in entries:
+                alias = terms.literal(entry["value"], lang)
+                batch.add(subject, f"<{terms.SKOS_ALT_LABEL}>", alias)
+
+    claims = entity.get("claims", {})
+    for pid in properties.intersection(claims):
+        for value in _truthy_values(claims[pid], rules):
+            batch.add(subject, f"<{terms.WDT}{pid}>", value)
+
+    if rules.sitelinks and "sitelinks" in entity:
+        data = terms.iri(terms.ENTITY_DATA + entity["id"])
+        count = terms.literal(str(len(entity["sitelinks"])), None, terms.XSD_INTEGER)
+        batch.add(data, f"<{terms.SCHEMA_ABOUT}>", subject)
+        batch.add(data, f"<{terms.WIKIBASE_SITELINKS}>", count)
+
+
+def _truthy_values(statements: list[dict], rules: KeepRules) -> Iterator[str]:
+    """Values of the best-ranked statements (preferred, else normal)."""
+    preferred = [s for s in statements if s.get("rank") == "preferred"]
+    best = preferred or [s for s in statements if s.get("rank") == "normal"]
+    for statement in best:
+        snak = statement["mainsnak"]
+        if snak.get("snaktype") != "value":
+            continue
+        value = _datavalue_term(snak, rules)
+        if value is not None:
+            yield value
+
+
+def _datavalue_term(snak: dict, rules: KeepRules) -> str | None:
+    """A snak's value in stored form; ``None`` for kinds the harvest skips."""
+    datavalue = snak["datavalue"]
+    kind, value = datavalue["type"], datavalue["value"]
+    if kind == "wikibase-entityid":
+        return terms.iri(terms.WD + value["id"])
+    if kind == "monolingualtext":
+        lang = value["language"].lower()
+        if not rules.keeps_language(lang):
+            return None
+        return terms.literal(value["text"], lang)
+    if kind == "string":
+        if snak.get("datatype") == "commonsMedia":
+            return terms.iri(COMMONS_FILE_PATH + quote(value, safe="!$&'()*+,;=:@"))
+        if snak.get("datatype") == "url":
+            return terms.iri(value)
+        return terms.literal(value)
+    if kind == "quantity":
+        return terms.literal(value["amount"].lstrip("+"), None, terms.XSD + "decimal")
+    if kind == "time":
+        return terms.literal(value["time"].lstrip("+"), None, terms.XSD_DATETIME)
+    return None

@@ -1,0 +1,311 @@
+"""Harvest: every entity under some roots, with the names and facts that later
+become search queries and captions.
+
+The work is one SPARQL query per kind of entity (``kg/queries/harvest.rq``),
+the same text for the embedded store and for QLever. Its long answer (one row
+per fact) is pivoted in DuckDB into one record per entity and root, and the
+lineage of each entity is walked from the parent edges. The result is an
+Arrow table with the columns of :data:`ENTITY_SCHEMA`.
+
+Lineage rule: an entity may have several parents (taxa often do). Its lineage
+is the shortest chain of parents from the root down to it, root and entity
+included; among chains of equal length the one through the parent with the
+lowest QID number wins, so the same data always gives the same lineage.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+
+import duckdb
+import pyarrow as pa
+
+from kg import terms
+from kg.backend import KnowledgeGraph, query_template
+from kg.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# kind -> (path from entity up to a root, direct parent path, entity kind)
+MEMBERSHIP = {
+    "classes": ("wdt:P279*", "wdt:P279", "class"),
+    "instances": ("wdt:P31/wdt:P279*", "wdt:P31", "instance"),
+    "taxa": ("wdt:P171*", "wdt:P171", "taxon"),
+}
+
+# Labels of the common taxon ranks, used where the data lacks the rank's label.
+RANK_NAMES = {
+    "Q36732": "kingdom", "Q38348": "phylum", "Q37517": "class", "Q36602": "order",
+    "Q35409": "family", "Q34740": "genus", "Q7432": "species",
+    "Q68947": "subspecies", "Q2136103": "superfamily", "Q164280": "subfamily",
+    "Q227936": "tribe", "Q5867959": "suborder", "Q5867051": "subclass",
+    "Q713623": "clade", "Q146481": "domain", "Q767728": "variety",
+    "Q2752679": "subkingdom", "Q1153785": "subphylum", "Q3504061": "superclass",
+    "Q5868144": "superorder", "Q3965313": "subgenus", "Q4886": "cultivar",
+}  # fmt: skip
+
+ENTITY_SCHEMA = pa.schema(
+    [
+        ("qid", pa.string()),
+        ("label", pa.string()),
+        ("description", pa.string()),
+        ("aliases", pa.list_(pa.string())),
+        ("kind", pa.string()),
+        ("root", pa.string()),
+        ("parents", pa.list_(pa.string())),
+        ("lineage", pa.list_(pa.string())),
+        ("rank", pa.string()),
+        ("rank_qid", pa.string()),
+        ("taxon_name", pa.string()),
+        (
+            "common_names",
+            pa.list_(pa.struct([("language", pa.string()), ("name", pa.string())])),
+        ),
+        ("images", pa.list_(pa.string())),
+        ("sitelinks", pa.int64()),
+        ("source", pa.string()),
+        ("snapshot", pa.string()),
+    ]
+)
+
+
+@dataclass
+class HarvestConfig:
+    """What to harvest; see ``conf/harvest/*.yaml``."""
+
+    kind: str = "classes"
+    roots: list[str] = field(default_factory=list)
+    instances: bool = False
+    exclude: list[str] = field(default_factory=list)
+    min_sitelinks: int = 0
+    limit: int | None = None
+    languages: list[str] = field(default_factory=lambda: ["en"])
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the bad setting."""
+        if self.kind not in ("classes", "taxa"):
+            raise ConfigError(
+                f"harvest.kind={self.kind!r} is not known; use classes or taxa "
+                "(or harvest=world for the 21 roots of the paper)"
+            )
+        if not self.roots:
+            raise ConfigError(
+                "harvest.roots is empty; name at least one QID, e.g. [Q5113]"
+            )
+        for qid in [*self.roots, *self.exclude]:
+            if not (qid[:1] == "Q" and qid[1:].isdigit()):
+                raise ConfigError(
+                    f"{qid!r} in harvest.roots/exclude is not a Wikidata item id "
+                    "such as Q42889"
+                )
+        if not self.languages:
+            raise ConfigError(
+                "harvest.languages is empty; name at least one, e.g. [en]"
+            )
+
+
+def build_queries(config: HarvestConfig) -> list[tuple[str, str]]:
+    """The filled SPARQL of a harvest, as (entity kind, query) pairs."""
+    config.validate()
+    memberships = ["taxa"] if config.kind == "taxa" else ["classes"]
+    if config.instances:
+        memberships.append("instances")
+    languages = ", ".join(f'"{lang.lower()}"' for lang in config.languages)
+    queries = []
+    for membership in memberships:
+        member_path, parent_path, kind = MEMBERSHIP[membership]
+        exclusions = ""
+        if config.exclude:
+            exclusions = query_template("exclusions").substitute(
+                excluded=" ".join(f"wd:{q}" for q in config.exclude),
+                member_path=member_path,
+            )
+        taxon_facts = ""
+        if config.kind == "taxa":
+            taxon_facts = query_template("taxon_facts").substitute(languages=languages)
+        query = query_template("harvest").substitute(
+            roots=" ".join(f"wd:{q}" for q in config.roots),
+            member_path=member_path,
+            parent_path=parent_path,
+            exclusions=exclusions,
+            languages=languages,
+            taxon_facts=taxon_facts,
+        )
+        queries.append((kind, query))
+    return queries
+
+
+def harvest(
+    graph: KnowledgeGraph, config: HarvestConfig, snapshot: str | None
+) -> pa.Table:
+    """Harvest the entities under ``config.roots`` from ``graph``.
+
+    Args:
+        graph: the embedded store or a SPARQL endpoint.
+        config: roots, kind, exclusions, limits.
+        snapshot: the KG snapshot date to record; asked of the graph if None.
+
+    Returns:
+        One row per entity and root, columns as in :data:`ENTITY_SCHEMA`.
+    """
+    snapshot = snapshot or graph.snapshot()
+    facts = []
+    for kind, query in build_queries(config):
+        answer = graph.select(query)
+        log.info("%s query answered %d fact rows", kind, answer.num_rows)
+        facts.append((kind, answer))
+
+    con = duckdb.connect()
+    entities = _pivot(con, facts, config)
+    entities = _attach_lineage(entities)
+    entities = _name_ranks(graph, con, entities, config)
+    entities = _select(entities, config)
+    rows = entities.num_rows
+    source = pa.array([graph.source] * rows, pa.string())
+    entities = entities.append_column("source", source)
+    entities = entities.append_column(
+        "snapshot", pa.array([snapshot] * rows, pa.string())
+    )
+    return entities.select(ENTITY_SCHEMA.names).cast(ENTITY_SCHEMA)
+
+
+def _pivot(
+    con: duckdb.DuckDBPyConnection,
+    facts: list[tuple[str, pa.Table]],
+    config: HarvestConfig,
+) -> pa.Table:
+    """One row per (root, entity) from the long fact rows, in DuckDB.
+
+    An entity reached both as a class and as an instance of a class under the
+    same root is kept once, as a class.
+    """
+    parts = []
+    for order, (kind, table) in enumerate(facts):
+        con.register(f"facts_{order}", table)
+        parts.append(
+            f"SELECT root, item, key, value, lang, {order} AS kind_order, "
+            f"'{kind}' AS kind FROM facts_{order}"
+        )
+    languages = [lang.lower() for lang in config.languages]
+    con.execute(f"CREATE TEMP TABLE facts AS {' UNION ALL '.join(parts)}")
+    qid = f"replace({{}}, '{terms.WD}', '')"
+    return con.execute(
+        f"""
+        WITH best AS (
+            SELECT root, item, min(kind_order) AS kind_order FROM facts GROUP BY ALL
+        ), kept AS (
+            SELECT f.*, coalesce(list_position(?, f.lang), 0) AS lang_pos
+            FROM facts f JOIN best b USING (root, item, kind_order)
+        )
+        SELECT
+            {qid.format("item")} AS qid,
+            arg_min(value, lang_pos) FILTER (key = 'label') AS label,
+            arg_min(value, lang_pos) FILTER (key = 'description') AS description,
+            coalesce(list(DISTINCT value ORDER BY value) FILTER (key = 'alias'), [])
+                AS aliases,
+            any_value(kind) AS kind,
+            {qid.format("root")} AS root,
+            coalesce(list(DISTINCT {qid.format("value")} ORDER BY value)
+                FILTER (key = 'parent'), []) AS parents,
+            {qid.format("min(value) FILTER (key = 'rank')")} AS rank_qid,
+            min(value) FILTER (key = 'taxon_name') AS taxon_name,
+            coalesce(list(DISTINCT {{'language': lang, 'name': value}}
+                ORDER BY lang_pos, value) FILTER (key = 'common_name'), [])
+                AS common_names,
+            coalesce(list(DISTINCT value ORDER BY value) FILTER (key = 'image'), [])
+                AS images,
+            max(TRY_CAST(value AS BIGINT)) FILTER (key = 'sitelinks') AS sitelinks
+        FROM kept
+        GROUP BY root, item
+        """,
+        [languages],
+    ).to_arrow_table()
+
+
+def _attach_lineage(entities: pa.Table) -> pa.Table:
+    """Add ``lineage``: the QIDs from the root down to each entity."""
+    qids = entities.column("qid").to_pylist()
+    roots = entities.column("root").to_pylist()
+    parents = entities.column("parents").to_pylist()
+
+    # Children of each node, per root, among the members reached from that root.
+    members: dict[str, set[str]] = {}
+    for qid, root in zip(qids, roots, strict=True):
+        members.setdefault(root, set()).add(qid)
+    children: dict[tuple[str, str], list[str]] = {}
+    for qid, root, ups in zip(qids, roots, parents, strict=True):
+        for parent in ups:
+            if parent in members[root] and parent != qid:
+                children.setdefault((root, parent), []).append(qid)
+
+    lineages = {root: _walk_down(root, children) for root in members}
+    lineage = [
+        lineages[root].get(qid, [root, qid])
+        for qid, root in zip(qids, roots, strict=True)
+    ]
+    return entities.append_column("lineage", pa.array(lineage, pa.list_(pa.string())))
+
+
+def _walk_down(
+    root: str, children: dict[tuple[str, str], list[str]]
+) -> dict[str, list[str]]:
+    """Breadth-first from the root: each entity's shortest chain of parents.
+
+    Parents are visited in QID-number order, so ties go to the lowest QID.
+    """
+    lineage = {root: [root]}
+    queue = deque([root])
+    while queue:
+        node = queue.popleft()
+        for child in sorted(children.get((root, node), ()), key=_qid_number):
+            if child not in lineage:
+                lineage[child] = [*lineage[node], child]
+                queue.append(child)
+    return lineage
+
+
+def _qid_number(qid: str) -> int:
+    return int(qid[1:]) if qid[1:].isdigit() else 0
+
+
+def _name_ranks(
+    graph: KnowledgeGraph,
+    con: duckdb.DuckDBPyConnection,
+    entities: pa.Table,
+    config: HarvestConfig,
+) -> pa.Table:
+    """Add ``rank``: the rank's label from the data, else a known name, else QID."""
+    rank_qids = sorted({q for q in entities.column("rank_qid").to_pylist() if q})
+    names = {qid: RANK_NAMES.get(qid, qid) for qid in rank_qids}
+    if rank_qids:
+        languages = ", ".join(f'"{lang.lower()}"' for lang in config.languages)
+        query = query_template("labels").substitute(
+            items=" ".join(f"wd:{qid}" for qid in rank_qids), languages=languages
+        )
+        order = {lang.lower(): i for i, lang in enumerate(config.languages)}
+        found = graph.select(query).to_pylist()
+        for row in sorted(found, key=lambda r: -order.get(r["lang"] or "", 99)):
+            names[terms.qid_of(row["item"])] = row["value"]
+    ranks = [
+        names.get(q) if q else None for q in entities.column("rank_qid").to_pylist()
+    ]
+    return entities.append_column("rank", pa.array(ranks, pa.string()))
+
+
+def _select(entities: pa.Table, config: HarvestConfig) -> pa.Table:
+    """Apply min_sitelinks and limit, and order rows by root then QID number."""
+    con = duckdb.connect()
+    con.register("entities", entities)
+    where = f"coalesce(sitelinks, 0) >= {int(config.min_sitelinks)}"
+    limit = f"LIMIT {int(config.limit)}" if config.limit is not None else ""
+    number = "TRY_CAST(substr(qid, 2) AS BIGINT)"
+    return con.execute(
+        f"""
+        SELECT * FROM (
+            SELECT * FROM entities WHERE {where}
+            ORDER BY coalesce(sitelinks, 0) DESC, {number}, qid, root {limit}
+        ) ORDER BY root, {number}, qid
+        """
+    ).to_arrow_table()

@@ -1,0 +1,93 @@
+"""The ``kgclip`` command: ``kgclip STAGE [hydra overrides]`` and ``kgclip run``.
+
+The first argument names the stage; everything after it goes to Hydra, so
+overrides, ``--multirun``, ``--cfg job`` and ``--help`` work as Hydra users
+expect. ``--dry-run`` is kgclip's own flag: it becomes ``dry_run=true``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+import conf
+from kg.errors import KgclipError
+from train.pipeline.catalog import Catalog, config_hash
+from train.pipeline.stages import STAGES
+
+log = logging.getLogger("kgclip")
+
+CONF_DIR = str(Path(conf.__file__).parent)
+DATA_DIR = Path(__file__).resolve().parents[2] / "kg" / "data"
+ORDER = ["ingest", "harvest"]  # `kgclip run` runs these, in this order
+FLAGS = {"--dry-run": "dry_run=true"}
+
+USAGE = f"""usage: kgclip STAGE [key=value ...] [--dry-run] [--multirun] [--cfg job]
+
+stages: {", ".join(ORDER)}; `kgclip run` runs them all in order.
+`kgclip STAGE --help` lists the configuration.
+"""
+
+
+def _data_path(name: str) -> str:
+    """Resolver ``${kgclip_data:NAME}``: a file bundled in ``kg/data``."""
+    return str(DATA_DIR / name)
+
+
+OmegaConf.register_new_resolver("kgclip_data", _data_path, replace=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``kgclip`` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        sys.stdout.write(USAGE)
+        return
+    stage = args.pop(0)
+    if stage != "run" and stage not in STAGES:
+        sys.stderr.write(f"kgclip: unknown stage {stage!r}\n\n{USAGE}")
+        raise SystemExit(2)
+    args = [FLAGS.get(arg, arg) for arg in args]
+    sys.argv = [f"kgclip {stage}", f"stage={stage}", *args]
+    _hydra_main()
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    logging.getLogger().setLevel(str(cfg.run.log_level).upper())
+    stages = ORDER if cfg.stage == "run" else [str(cfg.stage)]
+    try:
+        for stage in stages:
+            run_stage(cfg, stage)
+    except KgclipError as error:
+        log.error("%s", error)
+        raise SystemExit(2) from None
+
+
+def run_stage(cfg: DictConfig, stage: str) -> dict:
+    """Run one stage, recording it in ``stage_runs``; log one summary line."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(resolved, dict)
+    section = {key: resolved.get(key) for key in ("kg", stage, "dry_run")}
+    started = time.perf_counter()
+
+    with Catalog(Path(cfg.run.dir)) as catalog:
+        run_id = catalog.begin(stage, "all", config_hash(section))
+        try:
+            counts = STAGES[stage](cfg, catalog)
+        except BaseException as error:
+            catalog.finish(
+                run_id, "failed", {}, error=f"{type(error).__name__}: {error}"
+            )
+            raise
+        counts["seconds"] = round(time.perf_counter() - started, 3)
+        catalog.finish(run_id, "done", counts)
+
+    summary = " ".join(f"{key}={value}" for key, value in counts.items())
+    log.info("stage=%s status=done %s", stage, summary)
+    return counts
