@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from string import Template
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pyarrow as pa
 
 from kg import sparql_sql
-from kg.endpoint import EndpointConfig, SparqlEndpoint
 from kg.store import TripleStore
+
+if TYPE_CHECKING:
+    from kg.endpoint import EndpointConfig
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +59,10 @@ class EmbeddedGraph:
         return sparql_sql.run_select(self.store.con, query)
 
     def snapshot(self) -> str | None:
+        # A date the data states (wikibase:Dump) beats one read off a file name.
+        stated = self.store.snapshot_date()
         dates = [r.snapshot for r in self.store.sources() if r.snapshot]
-        return max(dates) if dates else None
+        return stated or (max(dates) if dates else None)
 
     def close(self) -> None:
         self.store.close()
@@ -68,6 +72,8 @@ class EndpointGraph:
     """A SPARQL endpoint: QLever, or any SPARQL 1.1 server."""
 
     def __init__(self, config: EndpointConfig):
+        from kg.endpoint import SparqlEndpoint  # httpx is only needed here
+
         self.client = SparqlEndpoint(config)
         self.source = config.url
 

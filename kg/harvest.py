@@ -191,36 +191,37 @@ def _pivot(
     languages = [lang.lower() for lang in config.languages]
     con.execute(f"CREATE TEMP TABLE facts AS {' UNION ALL '.join(parts)}")
     qid = f"replace({{}}, '{terms.WD}', '')"
-    return con.execute(
+    return con.sql(
         f"""
         WITH best AS (
             SELECT root, item, min(kind_order) AS kind_order FROM facts GROUP BY ALL
         ), kept AS (
-            SELECT f.*, coalesce(list_position(?, f.lang), 0) AS lang_pos
+            SELECT DISTINCT f.root, f.item, f.key, f.value, f.lang, f.kind,
+                coalesce(list_position(?, f.lang), 0) AS lang_pos
             FROM facts f JOIN best b USING (root, item, kind_order)
         )
         SELECT
             {qid.format("item")} AS qid,
             arg_min(value, lang_pos) FILTER (key = 'label') AS label,
             arg_min(value, lang_pos) FILTER (key = 'description') AS description,
-            coalesce(list(DISTINCT value ORDER BY value) FILTER (key = 'alias'), [])
+            coalesce(list(value ORDER BY value) FILTER (key = 'alias'), [])
                 AS aliases,
             any_value(kind) AS kind,
             {qid.format("root")} AS root,
-            coalesce(list(DISTINCT {qid.format("value")} ORDER BY value)
+            coalesce(list({qid.format("value")} ORDER BY value)
                 FILTER (key = 'parent'), []) AS parents,
             {qid.format("min(value) FILTER (key = 'rank')")} AS rank_qid,
             min(value) FILTER (key = 'taxon_name') AS taxon_name,
-            coalesce(list(DISTINCT {{'language': lang, 'name': value}}
+            coalesce(list({{'language': lang, 'name': value}}
                 ORDER BY lang_pos, value) FILTER (key = 'common_name'), [])
                 AS common_names,
-            coalesce(list(DISTINCT value ORDER BY value) FILTER (key = 'image'), [])
+            coalesce(list(value ORDER BY value) FILTER (key = 'image'), [])
                 AS images,
             max(TRY_CAST(value AS BIGINT)) FILTER (key = 'sitelinks') AS sitelinks
         FROM kept
         GROUP BY root, item
         """,
-        [languages],
+        params=[languages],
     ).to_arrow_table()
 
 
@@ -301,7 +302,7 @@ def _select(entities: pa.Table, config: HarvestConfig) -> pa.Table:
     where = f"coalesce(sitelinks, 0) >= {int(config.min_sitelinks)}"
     limit = f"LIMIT {int(config.limit)}" if config.limit is not None else ""
     number = "TRY_CAST(substr(qid, 2) AS BIGINT)"
-    return con.execute(
+    return con.sql(
         f"""
         SELECT * FROM (
             SELECT * FROM entities WHERE {where}

@@ -26,6 +26,16 @@ CONF_DIR = str(Path(conf.__file__).parent)
 DATA_DIR = Path(__file__).resolve().parents[2] / "kg" / "data"
 ORDER = ["ingest", "harvest"]  # `kgclip run` runs these, in this order
 FLAGS = {"--dry-run": "dry_run=true"}
+# Hydra options followed by a value, and the values --info may take.
+VALUED_OPTIONS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp"}
+VALUED_OPTIONS |= {
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+}
+INFO_CHOICES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
 
 USAGE = f"""usage: kgclip STAGE [key=value ...] [--dry-run] [--multirun] [--cfg job]
 
@@ -52,9 +62,32 @@ def main(argv: list[str] | None = None) -> None:
     if stage != "run" and stage not in STAGES:
         sys.stderr.write(f"kgclip: unknown stage {stage!r}\n\n{USAGE}")
         raise SystemExit(2)
-    args = [FLAGS.get(arg, arg) for arg in args]
-    sys.argv = [f"kgclip {stage}", f"stage={stage}", *args]
+    options, overrides = _split_hydra_args([FLAGS.get(arg, arg) for arg in args])
+    sys.argv = [f"kgclip {stage}", *options, *overrides, f"stage={stage}"]
     _hydra_main()
+
+
+def _split_hydra_args(args: list[str]) -> tuple[list[str], list[str]]:
+    """Hydra's options (with their values) apart from the overrides.
+
+    Hydra's parser takes the overrides as one run of positional arguments, so
+    they must not be split by an option; kgclip adds ``stage=`` among them.
+    """
+    options: list[str] = []
+    overrides: list[str] = []
+    pending_value = False
+    for arg in args:
+        if pending_value:
+            options.append(arg)
+            pending_value = False
+        elif arg.startswith("-"):
+            options.append(arg)
+            pending_value = arg in VALUED_OPTIONS
+        elif options and options[-1] == "--info" and arg in INFO_CHOICES:
+            options.append(arg)
+        else:
+            overrides.append(arg)
+    return options, overrides
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

@@ -17,7 +17,6 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
 from kg.backend import EmbeddedGraph, EndpointGraph, KnowledgeGraph
-from kg.endpoint import EndpointConfig
 from kg.errors import ConfigError
 from kg.harvest import HarvestConfig, build_queries, harvest
 from kg.ingest import IngestConfig, ingest
@@ -62,6 +61,8 @@ def open_graph(cfg: DictConfig) -> KnowledgeGraph:
     if cfg.kg.backend == "embedded":
         return EmbeddedGraph(Path(cfg.kg.store), memory_limit=str(cfg.kg.memory_limit))
     if cfg.kg.backend == "sparql":
+        from kg.endpoint import EndpointConfig
+
         return EndpointGraph(
             EndpointConfig(
                 url=str(cfg.kg.endpoint),

@@ -1,0 +1,142 @@
+"""Harvest from the embedded store filled with real Wikidata excerpts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kg import terms
+from kg.backend import EmbeddedGraph
+from kg.errors import ConfigError
+from kg.harvest import ENTITY_SCHEMA, HarvestConfig, build_queries, harvest
+from kg.ingest import IngestConfig, ingest
+from kg.store import TripleStore
+
+
+@pytest.fixture(scope="module")
+def arnold_store(tmp_path_factory) -> Path:
+    from tests.conftest import shared_file
+
+    dump = shared_file("wikidata/arnold-subgraph-truthy.nt.gz")
+    store = tmp_path_factory.mktemp("arnold") / "kg"
+    ingest(IngestConfig(source=dump, store=store))
+    return store
+
+
+@pytest.fixture(scope="module")
+def taxa_store(tmp_path_factory) -> Path:
+    from tests.conftest import shared_file
+
+    store = tmp_path_factory.mktemp("taxa") / "kg"
+    for name in ("onezoom-entities.json.bz2", "Q42-full.ttl"):
+        ingest(IngestConfig(source=shared_file(f"wikidata/{name}"), store=store))
+    return store
+
+
+def run(store: Path, **settings) -> list[dict]:
+    graph = EmbeddedGraph(store)
+    try:
+        table = harvest(graph, HarvestConfig(**settings), snapshot=None)
+    finally:
+        graph.close()
+    assert table.schema == ENTITY_SCHEMA
+    return table.to_pylist()
+
+
+@pytest.mark.parametrize(
+    ("root", "count", "label"),
+    [("Q42889", 102, "vehicle"), ("Q41176", 306, "building"), ("Q39546", 332, "tool")],
+)
+def test_classes_under_real_roots(arnold_store, root, count, label):
+    rows = run(arnold_store, kind="classes", roots=[root])
+    assert len(rows) == count
+    assert len({r["qid"] for r in rows}) == count
+    # every class gets the English label the data holds, and only those lack one
+    with TripleStore(arnold_store, read_only=True) as store:
+        found = store.con.execute(
+            "SELECT s, o FROM triples WHERE p = ?", [f"<{terms.RDFS_LABEL}>"]
+        ).fetchall()
+    labels = {
+        terms.qid_of(terms.decode_term(s)): terms.decode_term(o) for s, o in found
+    }
+    assert {r["qid"]: r["label"] for r in rows} == {
+        r["qid"]: labels.get(r["qid"]) for r in rows
+    }
+    assert sum(r["label"] is None for r in rows) <= 4
+    by_qid = {r["qid"]: r for r in rows}
+    assert by_qid[root]["label"] == label
+    assert by_qid[root]["lineage"] == [root]
+    for row in rows:
+        lineage = row["lineage"]
+        assert lineage[0] == root and lineage[-1] == row["qid"]
+        # each step of the lineage is a real parent edge inside the subtree
+        for parent, child in zip(lineage, lineage[1:], strict=False):
+            assert parent in by_qid[child]["parents"]
+        assert row["kind"] == "class" and row["root"] == root
+
+
+def test_entity_under_two_roots_appears_once_per_root(arnold_store):
+    rows = run(arnold_store, kind="classes", roots=["Q42889", "Q39546"])
+    assert len(rows) == 102 + 332
+    pairs = {(r["root"], r["qid"]) for r in rows}
+    assert len(pairs) == len(rows)
+
+
+def test_exclusions_drop_whole_subtrees(arnold_store):
+    full = {r["qid"]: r for r in run(arnold_store, kind="classes", roots=["Q42889"])}
+    # pick a child of the root that has children of its own
+    child = next(
+        q
+        for q, r in full.items()
+        if len(r["lineage"]) == 2 and any(q in o["parents"] for o in full.values())
+    )
+    subtree = {q for q, r in full.items() if child in r["lineage"]}
+    kept = run(arnold_store, kind="classes", roots=["Q42889"], exclude=[child])
+    kept_qids = {r["qid"] for r in kept}
+    assert kept_qids.isdisjoint(subtree)
+    # classes with another path to the root outside the subtree are dropped too,
+    # since they are still under the excluded class
+    assert kept_qids <= set(full) - subtree
+
+
+def test_limit_and_instances(arnold_store):
+    limited = run(arnold_store, kind="classes", roots=["Q42889"], limit=10)
+    assert len(limited) == 10
+    with_instances = run(arnold_store, kind="classes", roots=["Q42889"], instances=True)
+    kinds = {r["kind"] for r in with_instances}
+    assert kinds == {"class", "instance"}
+    assert sum(r["kind"] == "class" for r in with_instances) == 102
+
+
+def test_taxa_from_json_dump(taxa_store):
+    rows = run(taxa_store, kind="taxa", roots=["Q171283"])
+    by_qid = {r["qid"]: r for r in rows}
+    assert set(by_qid) == {"Q171283", "Q15978631", "Q3238275"}
+    sapiens = by_qid["Q15978631"]
+    assert sapiens["label"] == "Homo sapiens"
+    assert sapiens["taxon_name"] == "Homo sapiens"
+    assert sapiens["rank"] == "species" and sapiens["rank_qid"] == "Q7432"
+    assert sapiens["common_names"] == [{"language": "en", "name": "Human"}]
+    assert sapiens["parents"] == ["Q171283"]
+    assert sapiens["lineage"] == ["Q171283", "Q15978631"]
+    assert sapiens["sitelinks"] == 55
+    assert sapiens["aliases"] == ["human being"]
+    assert sapiens["images"] and sapiens["images"][0].startswith("http://commons")
+    assert by_qid["Q3238275"]["lineage"] == ["Q171283", "Q15978631", "Q3238275"]
+    assert by_qid["Q171283"]["rank"] == "genus"
+    assert sapiens["snapshot"] == "2024-04-08"  # stated by the Q42 Turtle export
+
+
+def test_min_sitelinks(taxa_store):
+    rows = run(taxa_store, kind="taxa", roots=["Q171283"], min_sitelinks=50)
+    assert {r["qid"] for r in rows} == {"Q171283", "Q15978631"}
+
+
+def test_bad_settings_name_the_key():
+    with pytest.raises(ConfigError, match="harvest.roots"):
+        build_queries(HarvestConfig(kind="taxa", roots=[]))
+    with pytest.raises(ConfigError, match="'vehicle'.*Q42889"):
+        build_queries(HarvestConfig(kind="classes", roots=["vehicle"]))
+    with pytest.raises(ConfigError, match="harvest.kind"):
+        build_queries(HarvestConfig(kind="plants", roots=["Q1"]))

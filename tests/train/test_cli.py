@@ -1,0 +1,107 @@
+"""The kgclip command line, run as a user runs it, on the bundled defaults."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def kgclip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-c", "from train.pipeline.cli import main; main()"]
+    done = subprocess.run(
+        [*command, *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"kgclip {args} failed:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def stage_runs(run_dir: Path) -> list[tuple]:
+    with duckdb.connect(str(run_dir / "catalog.duckdb"), read_only=True) as con:
+        return con.execute(
+            "SELECT stage, status, counts FROM stage_runs ORDER BY id"
+        ).fetchall()
+
+
+@pytest.fixture(scope="module")
+def main_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    run_dir = tmp_path_factory.mktemp("run") / "default"
+    return run_dir, kgclip("run", f"run.dir={run_dir}")
+
+
+def test_main_job_runs_every_stage_on_bundled_defaults(main_run):
+    run_dir, done = main_run
+    output = done.stdout + done.stderr
+    assert "stage=ingest status=done" in output
+    assert "stage=harvest status=done entities=740" in output  # 102 + 306 + 332
+    runs = stage_runs(run_dir)
+    assert [(stage, status) for stage, status, _ in runs] == [
+        ("ingest", "done"),
+        ("harvest", "done"),
+    ]
+    assert json.loads(runs[0][2])["lines"] == 383_120
+    with duckdb.connect(str(run_dir / "catalog.duckdb"), read_only=True) as con:
+        count = con.execute("SELECT count(*) FROM entities WHERE root = 'Q42889'")
+        assert count.fetchone() == (102,)
+        label = con.execute("SELECT label FROM entities WHERE qid = 'Q42889'")
+        assert label.fetchone() == ("vehicle",)
+
+
+def test_rerun_reopens_the_store_and_skips_the_ingest(main_run):
+    run_dir, _ = main_run
+    done = kgclip("ingest", f"run.dir={run_dir}")
+    assert "skipped=True" in done.stdout + done.stderr
+    assert stage_runs(run_dir)[-1][:2] == ("ingest", "done")
+
+
+def test_dry_run_prints_the_filled_query_and_writes_nothing(tmp_path):
+    done = kgclip("harvest", "harvest=taxa", "harvest.roots=[Q5113]", "--dry-run",
+                  f"run.dir={tmp_path}")  # fmt: skip
+    assert "wdt:P171*" in done.stdout and "wd:Q5113" in done.stdout
+    assert "SELECT ?root ?item ?key ?value ?lang" in done.stdout
+    assert not (tmp_path / "entities.parquet").exists()
+
+
+def test_cfg_job_and_help_work_as_in_hydra(tmp_path):
+    done = kgclip("harvest", "harvest=world", "--cfg", "job")
+    assert "Q13226383" in done.stdout and "stage: harvest" in done.stdout
+    helped = kgclip("harvest", "--help")
+    assert "Stages: ingest, harvest" in helped.stdout
+    assert "harvest: classes, taxa, world" in helped.stdout
+
+
+def test_multirun_sweeps_roots(tmp_path):
+    store = tmp_path / "shared-kg"
+    done = kgclip("run", "--multirun", "harvest.roots=[Q42889],[Q39546]",
+                  f"run.dir={tmp_path}/" + "run-${hydra:job.num}",
+                  f"kg.store={store}", f"hydra.sweep.dir={tmp_path}/sweep")  # fmt: skip
+    output = done.stdout + done.stderr
+    for job, count in ((0, 102), (1, 332)):
+        path = tmp_path / f"run-{job}" / "catalog.duckdb"
+        with duckdb.connect(str(path), read_only=True) as con:
+            found = con.execute("SELECT count(*) FROM entities").fetchone()
+        assert found == (count,), output
+    assert output.count("skipping") == 1  # the second job reopened the shared store
+
+
+def test_bad_input_is_a_clear_error_recorded_as_failed(tmp_path):
+    missing = tmp_path / "nowhere.nt.gz"
+    done = kgclip("ingest", f"kg.source={missing}", f"run.dir={tmp_path}", check=False)
+    assert done.returncode == 2
+    output = done.stdout + done.stderr
+    assert "dump file not found" in output and "kg.source" in output
+    assert "Traceback" not in output
+    assert stage_runs(tmp_path)[-1][:2] == ("ingest", "failed")
+
+
+def test_unknown_stage_lists_the_stages():
+    done = kgclip("crawl-everything", check=False)
+    assert done.returncode == 2
+    assert "unknown stage" in done.stderr and "ingest, harvest" in done.stderr
