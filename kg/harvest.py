@@ -35,6 +35,9 @@ MEMBERSHIP = {
     "taxa": ("wdt:P171*", "wdt:P171", "taxon"),
 }
 
+# Which kind wins when one entity is reached both ways under the same root.
+KIND_ORDER = {"class": 0, "taxon": 0, "instance": 1}
+
 # Labels of the common taxon ranks, used where the data lacks the rank's label.
 RANK_NAMES = {
     "Q36732": "kingdom", "Q38348": "phylum", "Q37517": "class", "Q36602": "order",
@@ -107,7 +110,12 @@ class HarvestConfig:
 
 
 def build_queries(config: HarvestConfig) -> list[tuple[str, str]]:
-    """The filled SPARQL of a harvest, as (entity kind, query) pairs."""
+    """The filled SPARQL of a harvest, as (entity kind, query) pairs.
+
+    One query per root and kind of membership: some engines (Virtuoso) cannot
+    start a transitive path from several roots at once, and smaller answers
+    page better on large endpoints.
+    """
     config.validate()
     memberships = ["taxa"] if config.kind == "taxa" else ["classes"]
     if config.instances:
@@ -125,15 +133,16 @@ def build_queries(config: HarvestConfig) -> list[tuple[str, str]]:
         taxon_facts = ""
         if config.kind == "taxa":
             taxon_facts = query_template("taxon_facts").substitute(languages=languages)
-        query = query_template("harvest").substitute(
-            roots=" ".join(f"wd:{q}" for q in config.roots),
-            member_path=member_path,
-            parent_path=parent_path,
-            exclusions=exclusions,
-            languages=languages,
-            taxon_facts=taxon_facts,
-        )
-        queries.append((kind, query))
+        for root in config.roots:
+            query = query_template("harvest").substitute(
+                roots=f"wd:{root}",
+                member_path=member_path,
+                parent_path=parent_path,
+                exclusions=exclusions,
+                languages=languages,
+                taxon_facts=taxon_facts,
+            )
+            queries.append((kind, query))
     return queries
 
 
@@ -182,11 +191,11 @@ def _pivot(
     same root is kept once, as a class.
     """
     parts = []
-    for order, (kind, table) in enumerate(facts):
-        con.register(f"facts_{order}", table)
+    for number, (kind, table) in enumerate(facts):
+        con.register(f"facts_{number}", table)
         parts.append(
-            f"SELECT root, item, key, value, lang, {order} AS kind_order, "
-            f"'{kind}' AS kind FROM facts_{order}"
+            f"SELECT root, item, key, value, lang, {KIND_ORDER[kind]} AS kind_order, "
+            f"'{kind}' AS kind FROM facts_{number}"
         )
     languages = [lang.lower() for lang in config.languages]
     con.execute(f"CREATE TEMP TABLE facts AS {' UNION ALL '.join(parts)}")

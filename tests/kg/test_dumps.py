@@ -55,7 +55,7 @@ def test_detect_rejects_other_files_naming_them(tmp_path):
     odd.write_text("hello world\n")
     with pytest.raises(DumpFormatError, match=r"notes\.txt.*N-Triples"):
         dumps.detect(odd)
-    with pytest.raises(InputError, match="not found.*kg.source"):
+    with pytest.raises(InputError, match=r"not found.*kg\.source"):
         dumps.detect(tmp_path / "missing.nt")
 
 

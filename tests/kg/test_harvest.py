@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,7 @@ def test_classes_under_real_roots(arnold_store, root, count, label):
         lineage = row["lineage"]
         assert lineage[0] == root and lineage[-1] == row["qid"]
         # each step of the lineage is a real parent edge inside the subtree
-        for parent, child in zip(lineage, lineage[1:], strict=False):
+        for parent, child in itertools.pairwise(lineage):
             assert parent in by_qid[child]["parents"]
         assert row["kind"] == "class" and row["root"] == root
 
@@ -134,9 +135,9 @@ def test_min_sitelinks(taxa_store):
 
 
 def test_bad_settings_name_the_key():
-    with pytest.raises(ConfigError, match="harvest.roots"):
+    with pytest.raises(ConfigError, match=r"harvest\.roots"):
         build_queries(HarvestConfig(kind="taxa", roots=[]))
-    with pytest.raises(ConfigError, match="'vehicle'.*Q42889"):
+    with pytest.raises(ConfigError, match=r"'vehicle'.*Q42889"):
         build_queries(HarvestConfig(kind="classes", roots=["vehicle"]))
-    with pytest.raises(ConfigError, match="harvest.kind"):
+    with pytest.raises(ConfigError, match=r"harvest\.kind"):
         build_queries(HarvestConfig(kind="plants", roots=["Q1"]))
