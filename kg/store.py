@@ -32,6 +32,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import rdflib
 
 from kg.errors import StoreError
 
@@ -126,6 +127,16 @@ class TripleStore:
     def __len__(self) -> int:
         row = self.con.execute("SELECT count(*) FROM triples").fetchone()
         return int(row[0]) if row else 0
+
+    def graph(self) -> rdflib.Graph:
+        """The store through rdflib's API, read-only: ``triples()``, ``query()``.
+
+        SELECT queries run through the SPARQL compiler; anything else falls
+        back to rdflib's own evaluator (see :mod:`kg.rdflib_store`).
+        """
+        from kg.rdflib_store import DuckDBStore  # rdflib loads only when asked
+
+        return rdflib.Graph(store=DuckDBStore(self.con))
 
     def size_bytes(self) -> int:
         """Bytes the store takes on disk."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 
 import pytest
+from rdflib import Literal, URIRef
 
 from kg import terms
 from kg.errors import MalformedDumpError
@@ -70,3 +71,18 @@ def test_some_malformed_lines_are_counted_not_fatal(tmp_path):
     result = ingest(IngestConfig(source=dump, store=tmp_path / "kg"))
     assert result.malformed == 1
     assert result.store_triples == 1
+
+
+def test_store_answers_through_rdflib_api(tmp_path, arnold_dump):
+    ingest(IngestConfig(source=arnold_dump, store=tmp_path / "kg"))
+    with TripleStore(tmp_path / "kg", read_only=True) as store:
+        graph = store.graph()
+        vehicle = URIRef(terms.WD + "Q42889")
+        labels = list(graph.objects(vehicle, URIRef(terms.RDFS_LABEL)))
+        assert labels == [Literal("vehicle", lang="en")]
+        rows = graph.query(
+            "PREFIX wd: <http://www.wikidata.org/entity/> "
+            "PREFIX wdt: <http://www.wikidata.org/prop/direct/> "
+            "SELECT DISTINCT ?c WHERE { ?c wdt:P279* wd:Q42889 }"
+        )
+        assert len(list(rows)) == 102
