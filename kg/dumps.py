@@ -205,54 +205,89 @@ class _LineFilter:
 
     The search runs over the whole block in C (``re`` with a literal prefix),
     so the dropped majority of lines costs no Python work at all; only the
-    matched lines are cut into subject, predicate and object.
+    matched lines are cut into subject, predicate and object. For the
+    predicates whose objects are names (labels, descriptions, aliases, common
+    names) the pattern also demands a kept language tag at the line's end, so
+    names in other languages are skipped in C too.
     """
 
     def __init__(self, rules: KeepRules):
-        predicates = rules.predicates()
-        alternation = b"|".join(re.escape(p.encode()) for p in predicates)
-        self.pattern = re.compile(rb"> <(" + alternation + rb")> ")
+        kept = [p for p in rules.predicates() if p not in SUBJECT_BOUND]
+        named = [p for p in kept if p in NAME_PREDICATES]
+        other = [p for p in kept if p not in NAME_PREDICATES]
+        pattern = rb"> <(" + _alternation(other) + rb")> "
+        if named:
+            tags = rb"[A-Za-z0-9-]+"
+            if rules.languages:
+                tags = _alternation(list(rules.languages))
+            # lookahead: the object is a literal tagged with a kept language
+            pattern += rb"|> <(" + _alternation(named) + rb')> (?="[^\n]*"@(?i:'
+            pattern += tags + rb")[ \t]*\.[ \t\r]*\n)"
+        self.pattern = re.compile(pattern)
+        # Lines kept only for one subject, found by their subject instead, so
+        # that the many article sitelinks (schema:about) cost no Python work.
+        bound = [p for p in rules.predicates() if p in SUBJECT_BOUND]
+        self.bound_pattern = re.compile(
+            rb"\n(<" + re.escape(terms.ENTITY_DATA.encode()) + rb"[^>\n]*>|<"
+            + re.escape(terms.WIKIBASE_DUMP.encode()) + rb">) <("
+            + _alternation(bound) + rb")> ([^\n]*)"
+        )  # fmt: skip
         self.rules = rules
-        self.subject_only = {
-            terms.SCHEMA_ABOUT.encode(): terms.ENTITY_DATA.encode(),
-            terms.SCHEMA_DATE_MODIFIED.encode(): terms.WIKIBASE_DUMP.encode(),
-        }
 
     def keep(self, block: bytes, batch: TripleBatch) -> None:
         rfind, find = block.rfind, block.find
+        add_s, add_p, add_o = batch.s.append, batch.p.append, batch.o.append
+        canonical = terms.canonical_term
         for match in self.pattern.finditer(block):
-            start = rfind(b"\n", 0, match.start()) + 1
-            end = find(b"\n", match.end())
-            subject = block[start : match.start() + 1]
+            at = match.start()
+            subject = block[rfind(b"\n", 0, at) + 1 : at + 1]
             if b" " in subject or not subject.startswith((b"<", b"_:")):
                 continue  # the match was inside a literal, not the predicate
-            predicate = match.group(1)
-            required = self.subject_only.get(predicate)
-            if required is not None and not subject.startswith(b"<" + required):
-                continue
-            obj = block[match.end() : end].rstrip(b" .\t\r")
-            if obj.startswith(b'"') and not obj.endswith(b'"'):
-                at = obj.rfind(b"@")
-                if at > obj.rfind(b'"') and not self.rules.keeps_language(
-                    obj[at + 1 :].decode().lower()
-                ):
-                    continue
-            batch.add(
-                subject.decode(),
-                f"<{predicate.decode()}>",
-                terms.canonical_term(obj.decode()),
-            )
+            predicate = match.group(1) or match.group(2)
+            obj = block[match.end() : find(b"\n", match.end())].rstrip(b" .\t\r")
+            if obj.endswith(b'"') or not obj.startswith(b'"') or self._keeps(obj):
+                add_s(subject.decode())
+                add_p(f"<{predicate.decode()}>")
+                add_o(canonical(obj.decode()))
+        # The pattern starts at a line break; the block's first line has none.
+        first_line = b"\n" + block[: find(b"\n") + 1]
+        bound = self.bound_pattern.findall(first_line)
+        for subject, predicate, obj in bound + self.bound_pattern.findall(block):
+            if (predicate == _ABOUT) == subject.startswith(_DATA_NODE):
+                add_s(subject.decode())
+                add_p(f"<{predicate.decode()}>")
+                add_o(canonical(obj.rstrip(b" .\t\r").decode()))
+
+    def _keeps(self, obj: bytes) -> bool:
+        """Whether a typed or tagged literal passes the language rule."""
+        at = obj.rfind(b"@")
+        if at < obj.rfind(b'"'):
+            return True  # typed literal, no language
+        return self.rules.keeps_language(obj[at + 1 :].decode().lower())
 
 
-def _count_well_formed(block: bytes) -> int:
-    """Lines that start like a triple (or are comments/blank) and end in '.'."""
-    starts = block.count(b"\n<") + block.count(b"\n_:")
-    starts += block.count(b"\n#") + block.count(b"\n\n")
-    starts += 1 if block.startswith((b"<", b"_:", b"#", b"\n")) else 0
-    ends = block.count(b".\n") + block.count(b".\r\n") + block.count(b". \n")
-    ends += block.count(b"\n\n") + block.count(b"\n#")
-    ends += 1 if block.startswith((b"\n", b"#")) else 0
-    return min(starts, ends)
+# Predicates kept only for one kind of subject: schema:about for the entity's
+# data node (not its articles), schema:dateModified for the dump itself.
+SUBJECT_BOUND = frozenset([terms.SCHEMA_ABOUT, terms.SCHEMA_DATE_MODIFIED])
+_ABOUT = terms.SCHEMA_ABOUT.encode()
+_DATA_NODE = b"<" + terms.ENTITY_DATA.encode()
+
+# Predicates whose objects are names, filtered by language in the pattern.
+NAME_PREDICATES = frozenset([*terms.LANGUAGE_PREDICATES, terms.WDT + "P1843"])
+
+
+def _alternation(items: list[str]) -> bytes:
+    return b"|".join(re.escape(item.encode()) for item in items)
+
+
+def _is_clean(block: bytes, num_lines: int) -> bool:
+    """True when every line starts with '<' and ends with ' .', in one pass.
+
+    In a clean dump each line break sits between a '.' and a '<', so one
+    count settles it; a block that fails this is checked line by line.
+    """
+    breaks_inside = block.count(b".\n<")
+    return breaks_inside == num_lines - 1 and block.startswith(b"<")
 
 
 def _find_malformed(
@@ -277,7 +312,7 @@ def read_ntriples(
     line_filter = _LineFilter(rules)
     for block in read_blocks(stream):
         num_lines = block.count(b"\n")
-        if _count_well_formed(block) != num_lines:
+        if not _is_clean(block, num_lines):
             _find_malformed(block, stats.lines + 1, stats, max_examples)
         batch = TripleBatch()
         line_filter.keep(block, batch)

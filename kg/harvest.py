@@ -16,7 +16,6 @@ lowest QID number wins, so the same data always gives the same lineage.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from dataclasses import dataclass, field
 
 import duckdb
@@ -188,46 +187,45 @@ def _pivot(
     """One row per (root, entity) from the long fact rows, in DuckDB.
 
     An entity reached both as a class and as an instance of a class under the
-    same root is kept once, as a class.
+    same root is kept once, as a class. Lists are sorted after grouping
+    (``list_sort``), which is much cheaper than ordered aggregates.
     """
     parts = []
     for number, (kind, table) in enumerate(facts):
         con.register(f"facts_{number}", table)
         parts.append(
-            f"SELECT root, item, key, value, lang, {KIND_ORDER[kind]} AS kind_order, "
-            f"'{kind}' AS kind FROM facts_{number}"
+            f"SELECT *, {KIND_ORDER[kind]} AS kind_order, '{kind}' AS kind "
+            f"FROM facts_{number}"
         )
+    kept = f"({' UNION ALL '.join(parts)})"
+    if len({kind for kind, _ in facts}) > 1:
+        kept = f"""(SELECT * FROM {kept} QUALIFY
+            kind_order = min(kind_order) OVER (PARTITION BY root, item))"""
+
     languages = [lang.lower() for lang in config.languages]
-    con.execute(f"CREATE TEMP TABLE facts AS {' UNION ALL '.join(parts)}")
     qid = f"replace({{}}, '{terms.WD}', '')"
     return con.sql(
         f"""
-        WITH best AS (
-            SELECT root, item, min(kind_order) AS kind_order FROM facts GROUP BY ALL
-        ), kept AS (
-            SELECT DISTINCT f.root, f.item, f.key, f.value, f.lang, f.kind,
-                coalesce(list_position(?, f.lang), 0) AS lang_pos
-            FROM facts f JOIN best b USING (root, item, kind_order)
-        )
         SELECT
             {qid.format("item")} AS qid,
             arg_min(value, lang_pos) FILTER (key = 'label') AS label,
             arg_min(value, lang_pos) FILTER (key = 'description') AS description,
-            coalesce(list(value ORDER BY value) FILTER (key = 'alias'), [])
-                AS aliases,
+            list_sort(coalesce(list(value) FILTER (key = 'alias'), [])) AS aliases,
             any_value(kind) AS kind,
             {qid.format("root")} AS root,
-            coalesce(list({qid.format("value")} ORDER BY value)
-                FILTER (key = 'parent'), []) AS parents,
+            list_sort(coalesce(list({qid.format("value")}) FILTER (key = 'parent'),
+                [])) AS parents,
             {qid.format("min(value) FILTER (key = 'rank')")} AS rank_qid,
             min(value) FILTER (key = 'taxon_name') AS taxon_name,
-            coalesce(list({{'language': lang, 'name': value}}
-                ORDER BY lang_pos, value) FILTER (key = 'common_name'), [])
-                AS common_names,
-            coalesce(list(value ORDER BY value) FILTER (key = 'image'), [])
-                AS images,
+            list_transform(list_sort(coalesce(
+                list({{'p': lang_pos, 'language': lang, 'name': value}})
+                FILTER (key = 'common_name'), [])),
+                lambda c: {{'language': c.language, 'name': c.name}}) AS common_names,
+            list_sort(coalesce(list(value) FILTER (key = 'image'), [])) AS images,
             max(TRY_CAST(value AS BIGINT)) FILTER (key = 'sitelinks') AS sitelinks
-        FROM kept
+        FROM (
+            SELECT *, coalesce(list_position(?, lang), 0) AS lang_pos FROM {kept}
+        )
         GROUP BY root, item
         """,
         params=[languages],
@@ -241,16 +239,14 @@ def _attach_lineage(entities: pa.Table) -> pa.Table:
     parents = entities.column("parents").to_pylist()
 
     # Children of each node, per root, among the members reached from that root.
-    members: dict[str, set[str]] = {}
-    for qid, root in zip(qids, roots, strict=True):
-        members.setdefault(root, set()).add(qid)
+    members = set(zip(roots, qids, strict=True))
     children: dict[tuple[str, str], list[str]] = {}
     for qid, root, ups in zip(qids, roots, parents, strict=True):
         for parent in ups:
-            if parent in members[root] and parent != qid:
+            if parent != qid and (root, parent) in members:
                 children.setdefault((root, parent), []).append(qid)
 
-    lineages = {root: _walk_down(root, children) for root in members}
+    lineages = {root: _walk_down(root, children) for root in set(roots)}
     lineage = [
         lineages[root].get(qid, [root, qid])
         for qid, root in zip(qids, roots, strict=True)
@@ -261,18 +257,25 @@ def _attach_lineage(entities: pa.Table) -> pa.Table:
 def _walk_down(
     root: str, children: dict[tuple[str, str], list[str]]
 ) -> dict[str, list[str]]:
-    """Breadth-first from the root: each entity's shortest chain of parents.
+    """Level by level from the root: each entity's shortest chain of parents.
 
-    Parents are visited in QID-number order, so ties go to the lowest QID.
+    An entity first reached at depth d takes, among its parents at depth d-1,
+    the one with the lowest QID number.
     """
     lineage = {root: [root]}
-    queue = deque([root])
-    while queue:
-        node = queue.popleft()
-        for child in sorted(children.get((root, node), ()), key=_qid_number):
-            if child not in lineage:
-                lineage[child] = [*lineage[node], child]
-                queue.append(child)
+    level = [root]
+    while level:
+        chosen: dict[str, str] = {}
+        for parent in level:
+            for child in children.get((root, parent), ()):
+                if child in lineage:
+                    continue
+                best = chosen.get(child)
+                if best is None or _qid_number(parent) < _qid_number(best):
+                    chosen[child] = parent
+        for child, parent in chosen.items():
+            lineage[child] = [*lineage[parent], child]
+        level = list(chosen)
     return lineage
 
 
@@ -305,17 +308,25 @@ def _name_ranks(
 
 
 def _select(entities: pa.Table, config: HarvestConfig) -> pa.Table:
-    """Apply min_sitelinks and limit, and order rows by root then QID number."""
+    """Apply min_sitelinks and limit, and order rows by root then QID number.
+
+    Only the sort keys go through DuckDB; the wide rows are then taken by
+    index, which is much cheaper than sorting rows with list columns.
+    """
+    keys = entities.select(["qid", "root", "sitelinks"]).append_column(
+        "row", pa.array(range(entities.num_rows), pa.int64())
+    )
     con = duckdb.connect()
-    con.register("entities", entities)
+    con.register("keys", keys)
     where = f"coalesce(sitelinks, 0) >= {int(config.min_sitelinks)}"
     limit = f"LIMIT {int(config.limit)}" if config.limit is not None else ""
     number = "TRY_CAST(substr(qid, 2) AS BIGINT)"
-    return con.sql(
+    rows = con.sql(
         f"""
-        SELECT * FROM (
-            SELECT * FROM entities WHERE {where}
+        SELECT row FROM (
+            SELECT * FROM keys WHERE {where}
             ORDER BY coalesce(sitelinks, 0) DESC, {number}, qid, root {limit}
         ) ORDER BY root, {number}, qid
         """
     ).to_arrow_table()
+    return entities.take(rows.column("row"))

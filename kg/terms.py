@@ -94,6 +94,13 @@ def canonical_term(term: str) -> str:
     """
     if not term.startswith('"'):
         return term
+    # Fast path for the usual case: no \u escape, no xsd:string, no capitals
+    # in the language tag.
+    tail = term[term.rfind('"') + 1 :]
+    escaped = "\\u" in term or "\\U" in term
+    capitals = tail.startswith("@") and tail != tail.lower()
+    if not escaped and not capitals and not tail.endswith("#string>"):
+        return term
     match = _LITERAL_RE.match(term)
     if match is None:
         return term

@@ -12,7 +12,7 @@ import pytest
 from kg import dumps, terms
 from kg.errors import DumpFormatError, InputError
 
-RULES = dumps.KeepRules(properties=("P31", "P279", "P1843"), languages=("en",))
+RULES = dumps.KeepRules(properties=("P31", "P279", "P225", "P1843"), languages=("en",))
 WD, WDT = terms.WD, terms.WDT
 LABEL = terms.RDFS_LABEL
 
@@ -68,7 +68,7 @@ NT_SAMPLE = f"""\
 <{WD}Q1> <{WDT}P999> <{WD}Q3> .
 <{WD}Q1> <{WDT}P999> "text > <{WDT}P31> inside a literal" .
 <{WD}Q1> <{WDT}P1843> "caf\\u00E9"@en .
-<{WD}Q1> <{WDT}P1843> "plain"^^<{terms.XSD_STRING}> .
+<{WD}Q1> <{WDT}P225> "plain"^^<{terms.XSD_STRING}> .
 
 this line is broken
 <{WD}Q4> <{WDT}P279> <{WD}Q2>
@@ -90,7 +90,7 @@ def test_ntriples_filter_keeps_needed_triples_in_canonical_form(tmp_path):
     assert (q1, f"<{WDT}P31>", terms.qid_iri("Q2")) in kept
     assert not any("P999" in p for _, p, _ in kept)  # literal text is no predicate
     assert (q1, f"<{WDT}P1843>", '"café"@en') in kept  # \\u escape decoded
-    assert (q1, f"<{WDT}P1843>", '"plain"') in kept  # xsd:string dropped
+    assert (q1, f"<{WDT}P225>", '"plain"') in kept  # xsd:string dropped
     about = [s for s, p, _ in kept if p == f"<{terms.SCHEMA_ABOUT}>"]
     assert about == [f"<{terms.ENTITY_DATA}Q1>"]  # article sitelinks dropped
     assert stats.lines == NT_SAMPLE.count("\n")
@@ -153,3 +153,16 @@ def test_turtle_full_export(q42_turtle):
     dump = (terms.iri(terms.WIKIBASE_DUMP), f"<{terms.SCHEMA_DATE_MODIFIED}>")
     assert any((s, p) == dump for s, p, _ in kept)
     assert not any(o.endswith("@fr") for _, _, o in kept)
+
+
+def test_dump_date_on_the_first_line_is_kept(tmp_path):
+    dump_date = f'"2024-04-08T23:00:02Z"^^<{terms.XSD_DATETIME}>'
+    text = (
+        f"<{terms.WIKIBASE_DUMP}> <{terms.SCHEMA_DATE_MODIFIED}> {dump_date} .\n"
+        f"<{terms.ENTITY_DATA}Q1> <{terms.SCHEMA_DATE_MODIFIED}> {dump_date} .\n"
+    )
+    path = tmp_path / "head.nt"
+    path.write_text(text)
+    triples, stats = read_all(path)
+    assert [s for s, _, _ in triples] == [terms.iri(terms.WIKIBASE_DUMP)]
+    assert stats.malformed == 0
