@@ -141,3 +141,41 @@ def test_bad_settings_name_the_key():
         build_queries(HarvestConfig(kind="classes", roots=["vehicle"]))
     with pytest.raises(ConfigError, match=r"harvest\.kind"):
         build_queries(HarvestConfig(kind="plants", roots=["Q1"]))
+
+
+def test_lineage_takes_the_shortest_chain_and_ties_go_to_the_lowest_qid(tmp_path):
+    edges = {  # child: parents, a small taxon tree with several parents
+        "Q20": ["Q1"],
+        "Q10": ["Q1"],
+        "Q30": ["Q20", "Q10"],  # two parents at depth 1: Q10 wins the tie
+        "Q40": ["Q30", "Q1"],  # the direct parent is the shorter chain
+        "Q50": ["Q40", "Q30"],  # via Q40 (depth 1), not Q30 (depth 2)
+        "Q60": ["Q60", "Q50"],  # a self-loop is ignored
+        "Q15": ["Q10"],
+        "Q12": ["Q20"],
+        # Q15 is reached before Q12 (its parent has the lower QID), yet the
+        # tie between them goes to the lower QID, Q12
+        "Q99": ["Q15", "Q12"],
+    }
+    lines = [
+        f"<{terms.WD}{child}> <{terms.WDT}P171> <{terms.WD}{parent}> .\n"
+        for child, parents in edges.items()
+        for parent in parents
+    ]
+    dump = tmp_path / "tree.nt"
+    dump.write_text("".join(lines))
+    ingest(IngestConfig(source=dump, store=tmp_path / "kg"))
+    rows = run(tmp_path / "kg", kind="taxa", roots=["Q1"])
+    lineage = {r["qid"]: r["lineage"] for r in rows}
+    assert lineage == {
+        "Q1": ["Q1"],
+        "Q10": ["Q1", "Q10"],
+        "Q20": ["Q1", "Q20"],
+        "Q30": ["Q1", "Q10", "Q30"],
+        "Q40": ["Q1", "Q40"],
+        "Q50": ["Q1", "Q40", "Q50"],
+        "Q60": ["Q1", "Q40", "Q50", "Q60"],
+        "Q15": ["Q1", "Q10", "Q15"],
+        "Q12": ["Q1", "Q20", "Q12"],
+        "Q99": ["Q1", "Q20", "Q12", "Q99"],
+    }
