@@ -66,6 +66,7 @@ class IngestResult:
     store_triples: int = 0
     store_bytes: int = 0
     seconds: float = 0.0
+    store_s: float = 0.0  # of those, time spent writing into the store
     snapshot: str | None = None
 
     def counts(self) -> dict[str, int | float | str | bool | None]:
@@ -100,7 +101,9 @@ def ingest(
             return _finish(result, store, 0.0)
 
         started = time.perf_counter()
-        stats = _stream_into(store, source, fmt, compression, config, progress)
+        stats, staging_s = _stream_into(
+            store, source, fmt, compression, config, progress
+        )
         result.lines, result.kept, result.malformed = (
             stats.lines,
             stats.kept,
@@ -111,7 +114,9 @@ def ingest(
             str(source.resolve()), print_id, fmt.value, compression.value,
             stats.lines, stats.kept, stats.malformed, result.snapshot, now_iso(),
         )  # fmt: skip
+        merge_started = time.perf_counter()
         result.new_triples = store.commit_ingest(record)
+        result.store_s = round(staging_s + time.perf_counter() - merge_started, 3)
         return _finish(result, store, time.perf_counter() - started)
 
 
@@ -129,13 +134,17 @@ def _stream_into(
     compression: dumps.Compression,
     config: IngestConfig,
     progress: ProgressCallback | None,
-) -> dumps.ReadStats:
-    """Read the dump block by block into the store's staging table."""
+) -> tuple[dumps.ReadStats, float]:
+    """Read the dump block by block into the store's staging table.
+
+    Returns the read's counts and the seconds spent writing to the store.
+    """
     rules = dumps.KeepRules(
         tuple(config.properties), tuple(lang.lower() for lang in config.languages),
         config.sitelinks,
     )  # fmt: skip
     stats = dumps.ReadStats()
+    staging_s = 0.0
     reader = dumps.reader_for(fmt)
     total = source.stat().st_size
     store.begin_ingest()
@@ -143,7 +152,9 @@ def _stream_into(
     with source.open("rb") as raw:
         stream = _decompressing(raw, compression)
         for batch in reader(stream, rules, stats, config.max_reported):
+            staged = time.perf_counter()
             store.stage(batch.s, batch.p, batch.o)
+            staging_s += time.perf_counter() - staged
             _check_malformed(stats, source, config, final=False)
             if progress is not None:
                 progress(raw.tell(), total)
@@ -153,7 +164,7 @@ def _stream_into(
         log.warning(
             "%d malformed lines in %s (first: %s)", stats.malformed, source, shown
         )
-    return stats
+    return stats, staging_s
 
 
 def _decompressing(raw: BinaryIO, compression: dumps.Compression) -> BinaryIO:
