@@ -138,6 +138,13 @@ def _stream_into(
     """Read the dump block by block into the store's staging table.
 
     Returns the read's counts and the seconds spent writing to the store.
+
+    Known shortcoming: reading, filtering and staging take turns in one
+    thread, so on two cores one idles for most of an ingest (staging and the
+    merge are about a quarter of the time). It is simple and keeps memory
+    flat; a reader thread handing blocks to the filter through a bounded
+    queue, or one filter process per byte range of an uncompressed dump,
+    would use the other cores.
     """
     rules = dumps.KeepRules(
         tuple(config.properties), tuple(lang.lower() for lang in config.languages),
