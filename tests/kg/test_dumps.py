@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import re
 import shutil
 from pathlib import Path
 
@@ -166,3 +167,16 @@ def test_dump_date_on_the_first_line_is_kept(tmp_path):
     triples, stats = read_all(path)
     assert [s for s, _, _ in triples] == [terms.iri(terms.WIKIBASE_DUMP)]
     assert stats.malformed == 0
+
+
+def test_factored_alternation_matches_exactly_the_items():
+    items = [
+        terms.WDT + pid for pid in ("P1", "P18", "P1843", "P171", "P279", "P31")
+    ] + [terms.RDFS_LABEL, terms.SCHEMA_ABOUT, terms.WIKIBASE_SITELINKS]
+    factored = re.compile(rb"<(" + dumps._alternation(items) + rb")> ")
+    candidates = [*items, terms.WDT + "P", terms.WDT + "P2", terms.WDT + "P184"]
+    candidates += [terms.WDT + "P18430", terms.RDFS_LABEL + "x", "http://schema.org/"]
+    for candidate in candidates:
+        match = factored.match(f"<{candidate}> ".encode())
+        found = match.group(1).decode() if match else None
+        assert found == (candidate if candidate in items else None), candidate
