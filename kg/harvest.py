@@ -159,7 +159,7 @@ def harvest(
     Returns:
         One row per entity and root, columns as in :data:`ENTITY_SCHEMA`.
     """
-    # Known shortcoming: 100,000 taxa take about 2 s, not the 1 s aimed at.
+    # Known shortcoming: 100,000 taxa take about 1.9 s, not the 1 s aimed at.
     # The long answer is decoded into strings by the backend (a third of
     # the time), then pivoted and walked in a second pass. For the embedded
     # store, pivoting inside the same DuckDB statement on stored terms would
