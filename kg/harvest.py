@@ -175,7 +175,7 @@ def harvest(
     con = duckdb.connect()
     entities = _pivot(con, facts, config)
     entities = _attach_lineage(entities)
-    entities = _name_ranks(graph, con, entities, config)
+    entities = _name_ranks(graph, entities, config)
     entities = _select(entities, config)
     rows = entities.num_rows
     source = pa.array([graph.source] * rows, pa.string())
@@ -311,10 +311,7 @@ def _qid_number(qid: str) -> int:
 
 
 def _name_ranks(
-    graph: KnowledgeGraph,
-    con: duckdb.DuckDBPyConnection,
-    entities: pa.Table,
-    config: HarvestConfig,
+    graph: KnowledgeGraph, entities: pa.Table, config: HarvestConfig
 ) -> pa.Table:
     """Add ``rank``: the rank's label from the data, else a known name, else QID."""
     rank_qids = sorted({q for q in entities.column("rank_qid").to_pylist() if q})

@@ -150,21 +150,22 @@ class TripleStore:
 
     def find_source(self, fingerprint: str) -> SourceRecord | None:
         """The record of an already ingested dump with this fingerprint."""
-        rows = self.con.execute(
-            "SELECT * FROM sources WHERE fingerprint = ?", [fingerprint]
-        ).fetchall()
-        if not rows:
-            return None
-        record = dict(zip(SourceRecord.__annotations__, rows[0], strict=True))
-        for key in ("lines", "kept", "malformed"):
-            record[key] = int(record[key])
-        return SourceRecord(**record)
+        found = self._source_records("WHERE fingerprint = ?", [fingerprint])
+        return found[0] if found else None
 
     def sources(self) -> list[SourceRecord]:
         """Every dump ingested so far, oldest first."""
-        rows = self.con.execute("SELECT fingerprint FROM sources").fetchall()
-        found = (self.find_source(fp) for (fp,) in rows)
-        return [record for record in found if record is not None]
+        return self._source_records("ORDER BY ingested_at", [])
+
+    def _source_records(self, clause: str, params: list[str]) -> list[SourceRecord]:
+        rows = self.con.execute(f"SELECT * FROM sources {clause}", params).fetchall()
+        records = []
+        for row in rows:
+            record = dict(zip(SourceRecord.__annotations__, row, strict=True))
+            for key in ("lines", "kept", "malformed"):
+                record[key] = int(record[key])
+            records.append(SourceRecord(**record))
+        return records
 
     # ------------------------------------------------------------------ writing
 
