@@ -16,10 +16,10 @@ through the compiler in :mod:`kg.sparql_sql`, and rdflib users reach the same
 data through the ``kgclip-duckdb`` store plugin (:mod:`kg.rdflib_store`).
 
 Why DuckDB rather than Oxigraph: measured by ``make bench-kg`` on a
-10-million-line truthy dump, an on-disk Oxigraph store took 49 s and 1.5 GB to
-load the file (1 GB on disk) where this store took 19 s and under 1 GB (72 MB
-on disk), and Oxigraph's evaluation of the harvest query grows with the store:
-a 25-taxon subtree took 70 s there and 0.4 s here, and 100,000 taxa did not
+10-million-line truthy dump, an on-disk Oxigraph store took 40 s and 1.7 GB to
+load the file (1 GB on disk) where this store took 17 s and 0.7 GB (72 MB on
+disk), and Oxigraph's evaluation of the harvest query grows with the store:
+a 25-taxon subtree took 78 s there and 0.46 s here, and 100,000 taxa did not
 finish within 180 s. On a store of only that subtree (0.7 million triples) an
 early trial of the query alone gave 4.2 s on disk and 1.1 s in memory for
 Oxigraph, 0.2 s as SQL here.
