@@ -176,7 +176,7 @@ def harvest(
     entities = _pivot(con, facts, config)
     entities = _attach_lineage(entities)
     entities = _name_ranks(graph, entities, config)
-    entities = _select(entities, config)
+    entities = _select(con, entities, config)
     rows = entities.num_rows
     source = pa.array([graph.source] * rows, pa.string())
     entities = entities.append_column("source", source)
@@ -331,7 +331,9 @@ def _name_ranks(
     return entities.append_column("rank", pa.array(ranks, pa.string()))
 
 
-def _select(entities: pa.Table, config: HarvestConfig) -> pa.Table:
+def _select(
+    con: duckdb.DuckDBPyConnection, entities: pa.Table, config: HarvestConfig
+) -> pa.Table:
     """Apply min_sitelinks and limit, and order rows by root then QID number.
 
     Only the sort keys go through DuckDB; the wide rows are then taken by
@@ -340,7 +342,6 @@ def _select(entities: pa.Table, config: HarvestConfig) -> pa.Table:
     keys = entities.select(["qid", "root", "sitelinks"]).append_column(
         "row", pa.array(range(entities.num_rows), pa.int64())
     )
-    con = duckdb.connect()
     con.register("keys", keys)
     where = f"coalesce(sitelinks, 0) >= {int(config.min_sitelinks)}"
     limit = f"LIMIT {int(config.limit)}" if config.limit is not None else ""

@@ -33,12 +33,15 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import pyarrow as pa
-import rdflib
 
 from kg.errors import StoreError
+
+if TYPE_CHECKING:
+    import rdflib
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +141,9 @@ class TripleStore:
         SELECT queries run through the SPARQL compiler; anything else falls
         back to rdflib's own evaluator (see :mod:`kg.rdflib_store`).
         """
-        from kg.rdflib_store import DuckDBStore  # rdflib loads only when asked
+        import rdflib  # loaded only when asked: ingest does not need it
+
+        from kg.rdflib_store import DuckDBStore
 
         return rdflib.Graph(store=DuckDBStore(self.con))
 
