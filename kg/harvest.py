@@ -35,6 +35,12 @@ MEMBERSHIP = {
     "taxa": ("wdt:P171*", "wdt:P171", "taxon"),
 }
 
+# Attribute properties harvested by default: colour, has part, has characteristic.
+ATTRIBUTES = ("P462", "P527", "P1552")
+
+# Labels of entities outside the harvest are asked for in batches of this many.
+LABEL_BATCH = 2000
+
 # Which kind wins when one entity is reached both ways under the same root.
 KIND_ORDER = {"class": 0, "taxon": 0, "instance": 1}
 
@@ -68,6 +74,19 @@ ENTITY_SCHEMA = pa.schema(
         ),
         ("images", pa.list_(pa.string())),
         ("sitelinks", pa.int64()),
+        ("parent_labels", pa.list_(pa.string())),
+        (
+            "attributes",
+            pa.list_(
+                pa.struct(
+                    [
+                        ("property", pa.string()),
+                        ("value", pa.string()),
+                        ("label", pa.string()),
+                    ]
+                )
+            ),
+        ),
         ("source", pa.string()),
         ("snapshot", pa.string()),
     ]
@@ -85,6 +104,8 @@ class HarvestConfig:
     min_sitelinks: int = 0
     limit: int | None = None
     languages: list[str] = field(default_factory=lambda: ["en"])
+    # Properties whose values become attribute queries ("white horse").
+    attributes: list[str] = field(default_factory=lambda: list(ATTRIBUTES))
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the bad setting."""
@@ -102,6 +123,12 @@ class HarvestConfig:
                 raise ConfigError(
                     f"{qid!r} in harvest.roots/exclude is not a Wikidata item id "
                     "such as Q42889"
+                )
+        for prop in self.attributes:
+            if not (prop[:1] == "P" and prop[1:].isdigit()):
+                raise ConfigError(
+                    f"{prop!r} in harvest.attributes is not a Wikidata property id "
+                    "such as P462"
                 )
         if not self.languages:
             raise ConfigError(
@@ -133,6 +160,10 @@ def build_queries(config: HarvestConfig) -> list[tuple[str, str]]:
         taxon_facts = ""
         if config.kind == "taxa":
             taxon_facts = query_template("taxon_facts").substitute(languages=languages)
+        attribute_facts = "".join(
+            query_template("attribute_facts").substitute(property=prop)
+            for prop in config.attributes
+        )
         for root in config.roots:
             query = query_template("harvest").substitute(
                 roots=f"wd:{root}",
@@ -141,6 +172,7 @@ def build_queries(config: HarvestConfig) -> list[tuple[str, str]]:
                 exclusions=exclusions,
                 languages=languages,
                 taxon_facts=taxon_facts,
+                attribute_facts=attribute_facts,
             )
             queries.append((kind, query))
     return queries
@@ -176,6 +208,7 @@ def harvest(
     entities = _pivot(con, facts, config)
     entities = _attach_lineage(entities)
     entities = _name_ranks(graph, entities, config)
+    entities = _name_parents_and_attributes(graph, entities, config)
     entities = _select(con, entities, config)
     rows = entities.num_rows
     source = pa.array([graph.source] * rows, pa.string())
@@ -229,7 +262,10 @@ def _pivot(
                 FILTER (key = 'common_name'), [])),
                 lambda c: {{'language': c.language, 'name': c.name}}) AS common_names,
             list_sort(coalesce(list(value) FILTER (key = 'image'), [])) AS images,
-            max(TRY_CAST(value AS BIGINT)) FILTER (key = 'sitelinks') AS sitelinks
+            max(TRY_CAST(value AS BIGINT)) FILTER (key = 'sitelinks') AS sitelinks,
+            list_sort(coalesce(list({{
+                'property': substr(key, 11), 'value': {qid.format("value")}
+            }}) FILTER (key LIKE 'attribute:%'), [])) AS attributes
         FROM (
             SELECT *, coalesce(list_position(?, lang), 0) AS lang_pos FROM {kept}
         )
@@ -310,25 +346,97 @@ def _qid_number(qid: str) -> int:
     return int(qid[1:]) if qid[1:].isdigit() else 0
 
 
+def _labels_of(
+    graph: KnowledgeGraph, qids: list[str], config: HarvestConfig
+) -> dict[str, str]:
+    """Labels of entities outside the harvest, in the preferred language."""
+    names: dict[str, str] = {}
+    languages = ", ".join(f'"{lang.lower()}"' for lang in config.languages)
+    order = {lang.lower(): i for i, lang in enumerate(config.languages)}
+    for start in range(0, len(qids), LABEL_BATCH):
+        batch = qids[start : start + LABEL_BATCH]
+        query = query_template("labels").substitute(
+            items=" ".join(f"wd:{qid}" for qid in batch), languages=languages
+        )
+        found = graph.select(query).to_pylist()
+        # Least preferred first, so that the preferred language is written last.
+        for row in sorted(found, key=lambda r: -order.get(r["lang"] or "", 99)):
+            names[terms.qid_of(row["item"])] = row["value"]
+    return names
+
+
 def _name_ranks(
     graph: KnowledgeGraph, entities: pa.Table, config: HarvestConfig
 ) -> pa.Table:
     """Add ``rank``: the rank's label from the data, else a known name, else QID."""
     rank_qids = sorted({q for q in entities.column("rank_qid").to_pylist() if q})
     names = {qid: RANK_NAMES.get(qid, qid) for qid in rank_qids}
-    if rank_qids:
-        languages = ", ".join(f'"{lang.lower()}"' for lang in config.languages)
-        query = query_template("labels").substitute(
-            items=" ".join(f"wd:{qid}" for qid in rank_qids), languages=languages
-        )
-        order = {lang.lower(): i for i, lang in enumerate(config.languages)}
-        found = graph.select(query).to_pylist()
-        for row in sorted(found, key=lambda r: -order.get(r["lang"] or "", 99)):
-            names[terms.qid_of(row["item"])] = row["value"]
+    names.update(_labels_of(graph, rank_qids, config))
     ranks = [
         names.get(q) if q else None for q in entities.column("rank_qid").to_pylist()
     ]
     return entities.append_column("rank", pa.array(ranks, pa.string()))
+
+
+def _name_parents_and_attributes(
+    graph: KnowledgeGraph, entities: pa.Table, config: HarvestConfig
+) -> pa.Table:
+    """Add ``parent_labels`` and the labels of ``attributes``' values.
+
+    Names come from the harvested rows first; the graph is asked only for the
+    parents and values outside the harvest. Lookups run on flat Arrow arrays.
+    """
+    parents = entities.column("parents").combine_chunks()
+    attributes = entities.column("attributes").combine_chunks()
+    flat_parents = pc.list_flatten(parents)
+    flat_attributes = pc.list_flatten(attributes)
+    values = flat_attributes.field("value")
+
+    # Every QID named in the harvest, with its label where the rows have one.
+    labelled = entities.filter(pc.is_valid(entities.column("label")))
+    known = pc.unique(labelled.column("qid").combine_chunks())
+    wanted = pc.unique(pa.concat_arrays([flat_parents, values]))
+    outside = pc.filter(wanted, pc.invert(pc.is_in(wanted, value_set=known)))
+    outside_qids = [q for q in outside.to_pylist() if q and _is_qid(q)]
+    extra = _labels_of(graph, sorted(outside_qids), config)
+
+    names_qid = pa.concat_arrays(
+        [labelled.column("qid").combine_chunks(), pa.array(list(extra), pa.string())]
+    )
+    names_label = pa.concat_arrays(
+        [
+            labelled.column("label").combine_chunks(),
+            pa.array(list(extra.values()), pa.string()),
+        ]
+    )
+    parent_labels = names_label.take(pc.index_in(flat_parents, value_set=names_qid))
+    value_labels = names_label.take(pc.index_in(values, value_set=names_qid))
+    # A literal value (a colour given as text, say) is its own label.
+    value_labels = pc.if_else(_qid_mask(values), value_labels, values)
+
+    parent_lists = pa.ListArray.from_arrays(_offsets(parents), parent_labels)
+    attribute_structs = pa.StructArray.from_arrays(
+        [flat_attributes.field("property"), values, value_labels],
+        names=["property", "value", "label"],
+    )
+    attribute_lists = pa.ListArray.from_arrays(_offsets(attributes), attribute_structs)
+    entities = entities.drop_columns(["attributes"])
+    entities = entities.append_column("parent_labels", parent_lists)
+    return entities.append_column("attributes", attribute_lists)
+
+
+def _offsets(lists: pa.ListArray) -> pa.Array:
+    """The offsets of a list array, starting at 0 even when it is a slice."""
+    offsets = lists.offsets
+    return pc.subtract(offsets, offsets[0])
+
+
+def _qid_mask(values: pa.Array) -> pa.Array:
+    return pc.match_substring_regex(values, r"^Q[0-9]+$")
+
+
+def _is_qid(value: str) -> bool:
+    return value[:1] == "Q" and value[1:].isdigit()
 
 
 def _select(

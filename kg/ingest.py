@@ -42,7 +42,10 @@ class IngestConfig:
     source: Path
     store: Path
     properties: list[str] = field(
-        default_factory=lambda: ["P31", "P279", "P171", "P105", "P225", "P1843", "P18"]
+        default_factory=lambda: [
+            "P31", "P279", "P171", "P105", "P225", "P1843", "P18", "P462", "P527",
+            "P1552",
+        ]
     )
     languages: list[str] = field(default_factory=lambda: ["en"])
     sitelinks: bool = True

@@ -108,6 +108,7 @@ def test_harvest_query_finds_every_class_and_label(client: SparqlEndpoint) -> No
         exclusions="",
         languages='"en"',
         taxon_facts="",
+        attribute_facts="",
     )
     labelled = PREFIXES + (
         "SELECT DISTINCT ?item WHERE { ?item wdt:P279* wd:Q42889 . "

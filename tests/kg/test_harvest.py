@@ -179,3 +179,29 @@ def test_lineage_takes_the_shortest_chain_and_ties_go_to_the_lowest_qid(tmp_path
         "Q12": ["Q1", "Q20", "Q12"],
         "Q99": ["Q1", "Q20", "Q12", "Q99"],
     }
+
+
+def test_parent_labels_come_from_outside_the_harvest(taxa_store):
+    # Homo sapiens' parent Homo is not under the root, but the store names it.
+    rows = run(taxa_store, kind="taxa", roots=["Q15978631"])
+    by_qid = {r["qid"]: r for r in rows}
+    assert by_qid["Q15978631"]["parents"] == ["Q171283"]
+    assert by_qid["Q15978631"]["parent_labels"] == ["Homo"]
+    assert by_qid["Q3238275"]["parent_labels"] == ["Homo sapiens"]
+
+
+def test_attributes_of_human_from_the_json_dump(taxa_store):
+    rows = run(taxa_store, kind="classes", roots=["Q5"])
+    (human,) = rows
+    facts = {(a["property"], a["value"]) for a in human["attributes"]}
+    # Q5's has-part (P527) and has-characteristic (P1552) claims in the dump
+    assert ("P527", "Q23852") in facts
+    assert {v for p, v in facts if p == "P1552"} == {
+        "Q202444", "Q3577052", "Q48277", "Q101352", "Q238372", "Q1314553",
+        "Q641118",
+    }  # fmt: skip
+    # the excerpt holds no labels for these values, so none are invented
+    assert all(a["label"] is None for a in human["attributes"])
+    assert run(taxa_store, kind="classes", roots=["Q5"], attributes=[])[0][
+        "attributes"
+    ] == []

@@ -254,6 +254,7 @@ def harvest_query(
         exclusions=exclusions,
         languages=languages,
         taxon_facts=taxon_facts,
+        attribute_facts="",
     )
 
 
