@@ -35,18 +35,20 @@ log = logging.getLogger(__name__)
 MIN_LINES_FOR_SHARE = 1000
 
 
+# Truthy claims kept by default: class and taxon structure, rank, taxon name,
+# common names, image, and the attributes behind attribute queries.
+PROPERTIES = (
+    "P31", "P279", "P171", "P105", "P225", "P1843", "P18", "P462", "P527", "P1552",
+)  # fmt: skip
+
+
 @dataclass
 class IngestConfig:
     """What to ingest and what to keep; see ``conf/kg/wikidata.yaml``."""
 
     source: Path
     store: Path
-    properties: list[str] = field(
-        default_factory=lambda: [
-            "P31", "P279", "P171", "P105", "P225", "P1843", "P18", "P462", "P527",
-            "P1552",
-        ]
-    )
+    properties: list[str] = field(default_factory=lambda: list(PROPERTIES))
     languages: list[str] = field(default_factory=lambda: ["en"])
     sitelinks: bool = True
     max_malformed_share: float = 0.01

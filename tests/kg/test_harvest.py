@@ -202,6 +202,7 @@ def test_attributes_of_human_from_the_json_dump(taxa_store):
     }  # fmt: skip
     # the excerpt holds no labels for these values, so none are invented
     assert all(a["label"] is None for a in human["attributes"])
-    assert run(taxa_store, kind="classes", roots=["Q5"], attributes=[])[0][
-        "attributes"
-    ] == []
+    assert (
+        run(taxa_store, kind="classes", roots=["Q5"], attributes=[])[0]["attributes"]
+        == []
+    )
