@@ -58,6 +58,10 @@ class EmbeddedGraph:
     def select(self, query: str) -> pa.Table:
         return sparql_sql.run_select(self.store.con, query)
 
+    def select_sql(self, query: str) -> str:
+        """The query as SQL on ``self.store.con``, columns decoded."""
+        return sparql_sql.decoded_sql(self.store.con, query)
+
     def snapshot(self) -> str | None:
         # A date the data states (wikibase:Dump) beats one read off a file name.
         stated = self.store.snapshot_date()
