@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-kg clean
+.PHONY: run test lint bench bench-kg browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,7 +12,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-run: $(STAMP)
+# The web search engines drive a headless Chromium. Playwright's own download
+# needs the internet; Debian's package is used instead, installed here when
+# missing and apt-get is at hand (as root), else named for the user to install.
+browser: $(STAMP)
+	@$(BIN)/python -c "from crawl.browser import find_browser; find_browser()" 2>/dev/null \
+	  || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+	       && apt-get install -y -qq --no-install-recommends chromium-headless-shell >/dev/null; } \
+	  || echo "no Chromium found: install Debian's chromium-headless-shell (web search engines need it)"
+
+run: $(STAMP) browser
 	$(BIN)/kgclip run
 
 lint: $(STAMP)
@@ -20,7 +29,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint browser
 	$(BIN)/pytest
 
 bench: bench-kg
