@@ -23,7 +23,12 @@ log = logging.getLogger(__name__)
 
 CATALOG_FILE = "catalog.duckdb"
 # Tables each stage writes, as Parquet files in the run directory.
-TABLES = ("entities", "queries", "results", "downloads", "images", "pairs", "shards")
+# A table is either one file (``entities.parquet``) or a folder of part files
+# written by the partitions of a stage (``downloads/*.parquet``).
+TABLES = (
+    "entities", "queries", "searches", "results", "downloads", "images", "pairs",
+    "shards",
+)  # fmt: skip
 
 
 def config_hash(config: Any) -> str:
@@ -67,11 +72,17 @@ class Catalog:
         """(Re)create one view per table whose Parquet file exists."""
         for table in TABLES:
             path = self.run_dir / f"{table}.parquet"
+            parts = self.run_dir / table
             if path.exists():
-                self.con.execute(
-                    f"CREATE OR REPLACE VIEW {table} AS "
-                    f"SELECT * FROM read_parquet('{path.resolve()}')"
-                )
+                source = f"'{path.resolve()}'"
+            elif parts.is_dir() and any(parts.glob("*.parquet")):
+                source = f"'{parts.resolve()}/*.parquet', union_by_name = true"
+            else:
+                continue
+            self.con.execute(
+                f"CREATE OR REPLACE VIEW {table} AS "
+                f"SELECT * FROM read_parquet({source})"
+            )
 
     def begin(self, stage: str, partition: str, hash_: str) -> int:
         """Record that a stage started; returns its run id."""

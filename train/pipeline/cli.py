@@ -24,7 +24,7 @@ log = logging.getLogger("kgclip")
 
 CONF_DIR = str(Path(conf.__file__).parent)
 DATA_DIR = Path(__file__).resolve().parents[2] / "kg" / "data"
-ORDER = ["ingest", "harvest"]  # `kgclip run` runs these, in this order
+ORDER = ["ingest", "harvest", "queries"]  # `kgclip run` runs these, in this order
 FLAGS = {"--dry-run": "dry_run=true"}
 # Hydra options followed by a value, and the values --info may take.
 VALUED_OPTIONS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp"}
@@ -45,7 +45,14 @@ stages: {", ".join(ORDER)}; `kgclip run` runs them all in order.
 
 
 def _data_path(name: str) -> str:
-    """Resolver ``${kgclip_data:NAME}``: a file bundled in ``kg/data``."""
+    """Resolver ``${kgclip_data:NAME}``: a file bundled with kgclip.
+
+    ``NAME`` is a file of ``kg/data`` (a dump), or ``PACKAGE/NAME`` for the
+    data of another package, e.g. ``crawl/samples``.
+    """
+    package, _, rest = name.partition("/")
+    if rest and package in ("kg", "crawl", "curate", "train"):
+        return str(DATA_DIR.parents[1] / package / "data" / rest)
     return str(DATA_DIR / name)
 
 

@@ -13,11 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
 from kg.backend import EmbeddedGraph, EndpointGraph, KnowledgeGraph
-from kg.errors import ConfigError
+from kg.errors import ConfigError, InputError
 from kg.harvest import HarvestConfig, build_queries, harvest
 from kg.ingest import IngestConfig, ingest
 from train.pipeline.catalog import Catalog
@@ -94,6 +95,7 @@ def harvest_config(cfg: DictConfig) -> HarvestConfig:
         min_sitelinks=int(section["min_sitelinks"] or 0),
         limit=section["limit"],
         languages=[str(lang) for lang in section["languages"]],
+        attributes=[str(p) for p in section.get("attributes") or []],
     )
 
 
@@ -110,10 +112,7 @@ def run_harvest(cfg: DictConfig, catalog: Catalog) -> Counts:
         entities = harvest(graph, config, snapshot=cfg.kg.snapshot)
     finally:
         graph.close()
-    target = catalog.run_dir / "entities.parquet"
-    partial = target.with_suffix(".parquet.partial")
-    pq.write_table(entities, partial)
-    partial.replace(target)  # atomic: a killed harvest leaves the old table whole
+    write_table(entities, catalog.run_dir / "entities.parquet")
     catalog.refresh_views()
 
     return {
@@ -125,4 +124,50 @@ def run_harvest(cfg: DictConfig, catalog: Catalog) -> Counts:
     }
 
 
-STAGES: dict[str, Stage] = {"ingest": run_ingest, "harvest": run_harvest}
+def section_of(node: Any) -> dict[str, Any]:
+    """A config section as a plain dict, interpolations resolved."""
+    section = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(section, dict)
+    return {str(key): value for key, value in section.items()}
+
+
+def write_table(table: pa.Table, target: Path) -> None:
+    """Write a stage's output atomically: a killed stage leaves the old file."""
+    partial = target.with_suffix(".parquet.partial")
+    pq.write_table(table, partial)
+    partial.replace(target)
+
+
+def read_table(catalog: Catalog, name: str, stage: str) -> pa.Table:
+    """A table an earlier stage wrote, or an error saying which stage to run."""
+    path = catalog.run_dir / f"{name}.parquet"
+    if not path.exists():
+        raise InputError(
+            f"{path} does not exist; run `kgclip {stage} run.dir={catalog.run_dir}` "
+            "first (or `kgclip run` for every stage)"
+        )
+    return pq.read_table(path)
+
+
+def run_queries(cfg: DictConfig, catalog: Catalog) -> Counts:
+    """``kgclip queries``: ``entities`` -> ``queries.parquet``."""
+    from crawl.queries import QueriesConfig, build_queries, summarize
+
+    config = QueriesConfig.from_mapping(section_of(cfg.crawl.queries))
+    config.validate()
+    entities = read_table(catalog, "entities", "harvest")
+    queries = build_queries(entities, config)
+    if cfg.dry_run:
+        for row in queries.slice(0, 20).to_pylist():
+            sys.stdout.write(f"{row['engine']}\t{row['text']}\t{row['entities']}\n")
+        return {"dry_run": True, "queries": queries.num_rows}
+    write_table(queries, catalog.run_dir / "queries.parquet")
+    catalog.refresh_views()
+    return summarize(queries)
+
+
+STAGES: dict[str, Stage] = {
+    "ingest": run_ingest,
+    "harvest": run_harvest,
+    "queries": run_queries,
+}
