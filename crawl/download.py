@@ -364,8 +364,15 @@ class PartWriter:
     written under a hidden temporary name and renamed when complete.
     """
 
-    def __init__(self, folder: Path, partition: str, batch_rows: int) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        partition: str,
+        batch_rows: int,
+        schema: pa.Schema = DOWNLOADS_SCHEMA,
+    ) -> None:
         self.folder = folder
+        self.schema = schema
         self.partition = partition
         self.batch_rows = batch_rows
         self._rows: list[dict[str, Any]] = []
@@ -400,7 +407,7 @@ class PartWriter:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         name = self._next_name()
-        table = pa.Table.from_pylist(self._rows, schema=DOWNLOADS_SCHEMA)
+        table = pa.Table.from_pylist(self._rows, schema=self.schema)
         temporary = self.folder / f".{name}.tmp"
         pq.write_table(table, temporary)
         os.replace(temporary, self.folder / name)

@@ -50,14 +50,17 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import mimetypes
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
+from urllib.request import url2pathname
 
 import aiohttp
 import yarl
@@ -148,6 +151,8 @@ class FetchConfig:
         allow_networks: networks (CIDR) whose addresses may be reached.
         check_image: for images, require image magic bytes.
         robots_cache_hosts: robots.txt files kept in memory at once.
+        file_roots: folders whose files may be read through ``file://`` URLs
+            (a local collection); each read is archived like an answer.
     """
 
     mode: str = "record"
@@ -181,6 +186,7 @@ class FetchConfig:
     allow_networks: Sequence[str] = ()
     check_image: bool = True
     robots_cache_hosts: int = 10_000
+    file_roots: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         # Hydra hands lists; keep tuples so the config stays hashable.
@@ -190,6 +196,7 @@ class FetchConfig:
             "x_robots_purposes",
             "allow_hosts",
             "allow_networks",
+            "file_roots",
         ):
             setattr(self, name, as_tuple(getattr(self, name)))
         if self.mode not in MODES:
@@ -352,6 +359,10 @@ class HttpFetcher:
         hop's; ``attempts`` counts the requests tried, retries included;
         ``location`` is where the final answer lies in the archive.
         """
+        if url.startswith("file:"):
+            if self.config.mode == "replay":
+                return self._replay(url, purpose)
+            return self._read_file(url, purpose)
         current, attempts = url, 0
         for _hop in range(self.config.max_redirects + 1):
             refusal = self._refuse_url(current)
@@ -367,6 +378,38 @@ class HttpFetcher:
                 return replace(answer, url=url, final_url=current, attempts=attempts)
             current = target
         return _failure(url, current, "too_many_redirects", attempts)
+
+    def _read_file(self, url: str, purpose: Purpose) -> Response:
+        """A file of a local collection, archived as if a server had sent it.
+
+        Only files under ``file_roots`` are read, so a result can never make
+        the crawl archive an arbitrary file of the machine.
+        """
+        path = Path(url2pathname(urlsplit(url).path)).resolve()
+        roots = [Path(root).resolve() for root in self.config.file_roots]
+        if not any(path.is_relative_to(root) for root in roots):
+            return _failure(url, url, "file_not_allowed", 1)
+        try:
+            body = path.read_bytes()
+        except OSError as exc:
+            log.debug("%s: %s", url, exc)
+            return _failure(url, url, "file_unreadable", 1)
+        if len(body) > self.config.max_body_bytes:
+            return _failure(url, url, "too_large", 1)
+        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        headers = {"content-type": kind, "content-length": str(len(body))}
+        location = self.archive.record(url, 200, headers, body)
+        error = self._verdict(200, _lower_headers(headers), body, None, purpose)
+        return Response(
+            url=url,
+            final_url=url,
+            status=200,
+            headers=headers,
+            body=body,
+            error=error,
+            location=location,
+            fetched=now_iso(),
+        )
 
     def _refuse_url(self, url: str) -> str | None:
         """Why the URL cannot be asked at all: not http(s), or a private IP."""

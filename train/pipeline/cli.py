@@ -24,8 +24,14 @@ log = logging.getLogger("kgclip")
 
 CONF_DIR = str(Path(conf.__file__).parent)
 DATA_DIR = Path(__file__).resolve().parents[2] / "kg" / "data"
-ORDER = ["ingest", "harvest", "queries"]  # `kgclip run` runs these, in this order
-FLAGS = {"--dry-run": "dry_run=true"}
+ORDER = [
+    "ingest",
+    "harvest",
+    "queries",
+    "search",
+    "download",
+]  # `kgclip run` runs these, in this order
+FLAGS = {"--dry-run": "dry_run=true", "--check-engines": "check_engines=true"}
 # Hydra options followed by a value, and the values --info may take.
 VALUED_OPTIONS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp"}
 VALUED_OPTIONS |= {

@@ -7,16 +7,25 @@ returns the counts for the summary line and ``stage_runs``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
+from crawl.browser import BrowserConfig
+from crawl.download import DownloadConfig, download_partitioned
+from crawl.engines.commons import CommonsConfig
+from crawl.engines.inaturalist import INaturalistConfig
+from crawl.engines.local import LocalConfig
+from crawl.fetch import FetchConfig
+from crawl.search import SearchConfig, pending_queries, read_results, search_partitioned
 from kg.backend import EmbeddedGraph, EndpointGraph, KnowledgeGraph
 from kg.errors import ConfigError, InputError
 from kg.harvest import HarvestConfig, build_queries, harvest
@@ -27,6 +36,7 @@ from train.pipeline.progress import byte_progress
 log = logging.getLogger(__name__)
 
 Counts = dict[str, Any]
+T = TypeVar("T")
 Stage = Callable[[DictConfig, Catalog], Counts]
 
 
@@ -166,8 +176,120 @@ def run_queries(cfg: DictConfig, catalog: Catalog) -> Counts:
     return summarize(queries)
 
 
+def _dataclass(cls: type[T], section: dict[str, Any], key: str) -> T:
+    """A package's config dataclass from a config section, naming bad keys."""
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ConfigError(
+            f"{key} has unknown settings {unknown}; known: {', '.join(sorted(known))}"
+        )
+    tuples = {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
+    return cls(**tuples)
+
+
+def fetch_config(cfg: DictConfig) -> FetchConfig:
+    """The fetcher's settings, with the local collection's folder readable."""
+    section = section_of(cfg.crawl.fetch)
+    local = cfg.crawl.search.local_path
+    if local:
+        path = Path(str(local)).expanduser().resolve()
+        folder = path if path.is_dir() else path.parent
+        section["file_roots"] = [*section.get("file_roots", []), str(folder)]
+    section["mode"] = str(cfg.crawl.mode)
+    return _dataclass(FetchConfig, section, "crawl.fetch")
+
+
+def search_config(cfg: DictConfig) -> SearchConfig:
+    """The search settings of the Hydra config."""
+    section = section_of(cfg.crawl.search)
+    engines = {
+        "local": (LocalConfig, "crawl.search.local"),
+        "commons": (CommonsConfig, "crawl.search.commons"),
+        "inaturalist": (INaturalistConfig, "crawl.search.inaturalist"),
+        "browser": (BrowserConfig, "crawl.search.browser"),
+    }
+    for name, (cls, key) in engines.items():
+        section[name] = _dataclass(cls, section.get(name) or {}, key)
+    browser = section["browser"]
+    section["browser"] = dataclasses.replace(browser, base_urls=dict(browser.base_urls))
+    section["engines"] = [str(engine) for engine in cfg.engines]
+    section["mode"] = str(cfg.crawl.mode)
+    section["fetch"] = fetch_config(cfg)
+    return _dataclass(SearchConfig, section, "crawl.search")
+
+
+def run_search(cfg: DictConfig, catalog: Catalog) -> Counts:
+    """``kgclip search``: ``queries`` -> ``searches/`` and ``results/`` parts."""
+    config = search_config(cfg)
+    config.validate()
+    if cfg.check_engines:
+        return check_engines(cfg, config, catalog)
+    queries = read_table(catalog, "queries", "queries")
+    if cfg.dry_run:
+        todo = pending_queries(queries, catalog.run_dir, config.engines)
+        for engine in config.engines:
+            number = pc.sum(pc.equal(todo.column("engine"), engine)).as_py() or 0
+            sys.stdout.write(f"would search {number} queries on {engine}\n")
+        return {"dry_run": True, "pending": todo.num_rows}
+    counts = search_partitioned(
+        queries,
+        catalog.run_dir,
+        config,
+        num_partitions=int(cfg.crawl.partitions),
+        max_workers=int(cfg.crawl.workers),
+    )
+    catalog.refresh_views()
+    return counts
+
+
+def check_engines(cfg: DictConfig, config: SearchConfig, catalog: Catalog) -> Counts:
+    """``kgclip search --check-engines``: one known query per web engine."""
+    import asyncio
+
+    from crawl.browser import WEB_ENGINES
+    from crawl.browser import check_engines as check
+
+    names = [e for e in config.engines if e in WEB_ENGINES] or list(WEB_ENGINES)
+    checks = asyncio.run(check(names, config.browser, run_dir=catalog.run_dir))
+    for found in checks:
+        sys.stdout.write(
+            f"{found.engine}\t{found.verdict}\t{found.num_results} results\t"
+            f"{found.detail or ''}\n"
+        )
+    return {found.engine: found.verdict for found in checks}
+
+
+def run_download(cfg: DictConfig, catalog: Catalog) -> Counts:
+    """``kgclip download``: every result's image into the archive."""
+    results = read_results(catalog.run_dir)
+    if results.num_rows == 0:
+        raise InputError(
+            f"{catalog.run_dir} has no search results; run `kgclip search "
+            f"run.dir={catalog.run_dir}` first (or `kgclip run`)"
+        )
+    section = section_of(cfg.crawl.download)
+    section["fetch"] = fetch_config(cfg)
+    config = _dataclass(DownloadConfig, section, "crawl.download")
+    if cfg.dry_run:
+        urls = results.column("image_url").drop_null()
+        sys.stdout.write(f"would download {len(pc.unique(urls))} image URLs\n")
+        return {"dry_run": True}
+    counts = download_partitioned(
+        results,
+        catalog.run_dir,
+        config,
+        num_partitions=int(cfg.crawl.partitions),
+        max_workers=int(cfg.crawl.workers),
+    )
+    catalog.refresh_views()
+    return counts
+
+
 STAGES: dict[str, Stage] = {
     "ingest": run_ingest,
     "harvest": run_harvest,
     "queries": run_queries,
+    "search": run_search,
+    "download": run_download,
 }
