@@ -50,6 +50,9 @@ from kg.errors import InputError
 
 log = logging.getLogger(__name__)
 
+# Record types that answer a URL: HTTP responses, and files read from disk.
+ANSWERS = ("response", "resource")
+
 GIB = 1024**3
 WARC_SUFFIX = ".warc.gz"
 INDEX_SUFFIX = ".idx"
@@ -297,7 +300,7 @@ class WarcArchive:
             for offset, _end, data in _members(path, 0):
                 location = Location(path.name, offset)
                 record = _parse_record(data, path, location)
-                if record.rec_type == "response":
+                if record.rec_type in ANSWERS:
                     yield location, _to_response(record, location)
 
 
@@ -322,7 +325,7 @@ def _file_entries(path: Path) -> Iterator[tuple[str, _Entry]]:
     if path.stat().st_size > end:
         for offset, _next, data in _members(path, end):
             record = _parse_record(data, path, Location(path.name, offset))
-            if record.rec_type == "response":
+            if record.rec_type in ANSWERS:
                 url = record.rec_headers.get_header("WARC-Target-URI")
                 date = record.rec_headers.get_header("WARC-Date")
                 yield url, _Entry(date, path.name, offset)
@@ -398,6 +401,8 @@ def _parse_record(data: bytes, path: Path, location: Location) -> ArcWarcRecord:
 
 
 def _to_response(record: ArcWarcRecord, location: Location) -> Response:
+    if record.rec_type == "resource":
+        return _resource_response(record, location)
     if record.rec_type != "response" or record.http_headers is None:
         raise ArchiveError(
             f"the record at {location.warc_file}:{location.offset} is a "
@@ -416,6 +421,21 @@ def _to_response(record: ArcWarcRecord, location: Location) -> Response:
         location=location,
         fetched=_iso_from_warc_date(record.rec_headers.get_header("WARC-Date")),
         truncated=record.rec_headers.get_header("WARC-Truncated"),
+    )
+
+
+def _resource_response(record: ArcWarcRecord, location: Location) -> Response:
+    """A resource record read back as the answer a server would have given."""
+    url = record.rec_headers.get_header("WARC-Target-URI")
+    kind = record.rec_headers.get_header("Content-Type") or "application/octet-stream"
+    return Response(
+        url=url,
+        final_url=url,
+        status=200,
+        headers={"content-type": kind, "content-length": str(len(record.payload))},
+        body=record.payload,
+        location=location,
+        fetched=_iso_from_warc_date(record.rec_headers.get_header("WARC-Date")),
     )
 
 
@@ -457,6 +477,8 @@ def _response_record(
     date: str,
     truncated: str | None,
 ) -> ArcWarcRecord:
+    if not url.startswith(("http:", "https:")):
+        return _resource_record(url, headers, body, date)
     reason = _reason(status)
     http_headers = StatusAndHeaders(
         f"{status} {reason}", list(_header_lines(headers)), protocol="HTTP/1.1"
@@ -470,6 +492,23 @@ def _response_record(
         payload=io.BytesIO(body),
         length=len(body),
         http_headers=http_headers,
+        warc_headers_dict=warc_headers,
+    )
+
+
+def _resource_record(
+    url: str, headers: Mapping[str, str], body: bytes, date: str
+) -> ArcWarcRecord:
+    """A file read from disk (a local collection): a WARC resource record,
+    which carries the bytes and their type but no HTTP exchange."""
+    kind = dict(_header_lines(headers)).get("content-type", "")
+    warc_headers = {"WARC-Date": date}
+    return _builder().create_warc_record(
+        url,
+        "resource",
+        payload=io.BytesIO(body),
+        length=len(body),
+        warc_content_type=kind or "application/octet-stream",
         warc_headers_dict=warc_headers,
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,9 @@ def test_main_job_runs_every_stage_on_bundled_defaults(main_run):
     assert [(stage, status) for stage, status, _ in runs] == [
         ("ingest", "done"),
         ("harvest", "done"),
+        ("queries", "done"),
+        ("search", "done"),
+        ("download", "done"),
     ]
     assert json.loads(runs[0][2])["lines"] == 383_120
     with duckdb.connect(str(run_dir / "catalog.duckdb"), read_only=True) as con:
@@ -105,3 +109,37 @@ def test_unknown_stage_lists_the_stages():
     done = kgclip("crawl-everything", check=False)
     assert done.returncode == 2
     assert "unknown stage" in done.stderr and "ingest, harvest" in done.stderr
+
+
+def test_main_job_finds_and_archives_the_bundled_photos(main_run):
+    run_dir, _ = main_run
+    with duckdb.connect(str(run_dir / "catalog.duckdb"), read_only=True) as con:
+        # "rocket" (a vehicle class) finds the bundled Falcon 9 photo
+        found = con.execute(
+            "SELECT image_url FROM results WHERE query = 'rocket'"
+        ).fetchall()
+        assert [url for (url,) in found] == [
+            (REPO / "crawl/data/samples/skimage_rocket.jpg").as_uri()
+        ]
+        stored = con.execute(
+            "SELECT count(*), count(warc_file) FROM downloads WHERE error IS NULL"
+        ).fetchone()
+        assert stored[0] >= 1 and stored[0] == stored[1]
+
+
+def test_replay_rebuilds_the_crawl_from_the_archive_alone(main_run, tmp_path):
+    run_dir, _ = main_run
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    shutil.copytree(run_dir / "archive", replay / "archive")
+    shutil.copy(run_dir / "queries.parquet", replay / "queries.parquet")
+    for stage in ("search", "download"):
+        kgclip(stage, f"run.dir={replay}", "crawl.mode=replay")
+
+    def downloads(folder: Path) -> list[tuple]:
+        with duckdb.connect(str(folder / "catalog.duckdb"), read_only=True) as con:
+            return con.execute(
+                "SELECT url, status, error, bytes, sha256 FROM downloads ORDER BY url"
+            ).fetchall()
+
+    assert downloads(replay) == downloads(run_dir)

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
 from crawl.browser import BrowserConfig
-from crawl.download import DownloadConfig, download_partitioned
+from crawl.download import DownloadConfig, download, download_partitioned
 from crawl.engines.commons import CommonsConfig
 from crawl.engines.inaturalist import INaturalistConfig
 from crawl.engines.local import LocalConfig
@@ -275,13 +275,17 @@ def run_download(cfg: DictConfig, catalog: Catalog) -> Counts:
         urls = results.column("image_url").drop_null()
         sys.stdout.write(f"would download {len(pc.unique(urls))} image URLs\n")
         return {"dry_run": True}
-    counts = download_partitioned(
-        results,
-        catalog.run_dir,
-        config,
-        num_partitions=int(cfg.crawl.partitions),
-        max_workers=int(cfg.crawl.workers),
-    )
+    partitions = int(cfg.crawl.partitions)
+    if partitions <= 1:  # no process to start for a single partition
+        counts = download(results, catalog.run_dir, config)
+    else:
+        counts = download_partitioned(
+            results,
+            catalog.run_dir,
+            config,
+            num_partitions=partitions,
+            max_workers=int(cfg.crawl.workers),
+        )
     catalog.refresh_views()
     return counts
 
