@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -143,3 +144,25 @@ def test_replay_rebuilds_the_crawl_from_the_archive_alone(main_run, tmp_path):
             ).fetchall()
 
     assert downloads(replay) == downloads(run_dir)
+
+
+def test_check_engines_reports_an_engine_it_cannot_reach(tmp_path):
+    from crawl.browser import BrowserNotFoundError, find_browser
+
+    try:
+        find_browser()
+    except BrowserNotFoundError as missing:
+        pytest.skip(f"no Chromium to drive: {missing}")
+    # A port on 127.0.0.1 where nothing listens: the engine is unreachable.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = kgclip(
+        "search",
+        "--check-engines",
+        f"run.dir={tmp_path}",
+        "engines=[bing]",
+        f"+crawl.search.browser.base_urls.bing=http://127.0.0.1:{port}",
+    )
+    line = next(x for x in done.stdout.splitlines() if x.startswith("bing"))
+    assert line.split("\t")[1] == "unreachable"
