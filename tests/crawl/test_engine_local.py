@@ -65,7 +65,7 @@ def test_class_folders_caption_their_images():
 
     outcome = collection.search("Dandelion")
 
-    dandelions = sorted((root / "dandelion").glob("*.jpg"))
+    dandelions = sorted((root.resolve() / "dandelion").glob("*.jpg"))
     assert [r.image_url for r in outcome.results] == [p.as_uri() for p in dandelions]
     assert len(outcome.results) == 1052
     assert {r.title for r in outcome.results} == {"dandelion"}
