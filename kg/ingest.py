@@ -165,7 +165,7 @@ def _stream_into(
         stream = _decompressing(raw, compression)
         for batch in reader(stream, rules, stats, config.max_reported):
             staged = time.perf_counter()
-            store.stage(batch.s, batch.p, batch.o)
+            store.stage(batch.table())
             staging_s += time.perf_counter() - staged
             _check_malformed(stats, source, config, final=False)
             if progress is not None:

@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STORE_FILE = "store.duckdb"
-_TRIPLE_SCHEMA = pa.schema([("s", pa.string()), ("p", pa.string()), ("o", pa.string())])
 
 
 @dataclass
@@ -178,11 +177,10 @@ class TripleStore:
         """Drop what a killed ingest left in staging."""
         self.con.execute("DELETE FROM staging")
 
-    def stage(self, s: list[str], p: list[str], o: list[str]) -> None:
-        """Append triples (stored form) to the staging table."""
-        if not s:
+    def stage(self, batch: pa.Table) -> None:
+        """Append triples (stored form; columns s, p, o) to the staging table."""
+        if not batch.num_rows:
             return
-        batch = pa.table([pa.array(s), pa.array(p), pa.array(o)], schema=_TRIPLE_SCHEMA)
         self.con.register("_batch", batch)
         self.con.execute("INSERT INTO staging SELECT s, p, o FROM _batch")
         self.con.unregister("_batch")

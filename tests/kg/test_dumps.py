@@ -24,7 +24,9 @@ def read_all(path: Path, rules: dumps.KeepRules = RULES):
     triples = []
     with dumps.open_dump(path, compression) as stream:
         for batch in dumps.reader_for(fmt)(stream, rules, stats, 5):
-            triples += list(zip(batch.s, batch.p, batch.o, strict=True))
+            table = batch.table()
+            columns = [table.column(name).to_pylist() for name in ("s", "p", "o")]
+            triples += list(zip(*columns, strict=True))
     return triples, stats
 
 
