@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-kg browser clean
+.PHONY: run test lint bench bench-kg bench-curate-images browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,10 +32,13 @@ lint: $(STAMP)
 test: lint browser
 	$(BIN)/pytest
 
-bench: bench-kg
+bench: bench-kg bench-curate-images
 
 bench-kg: $(STAMP)
 	$(BIN)/python benchmarks/bench_kg.py
+
+bench-curate-images: $(STAMP)
+	$(BIN)/python benchmarks/bench_curate_images.py
 
 clean:
 	rm -rf runs multirun outputs .pytest_cache .mypy_cache .ruff_cache
