@@ -26,6 +26,13 @@ from crawl.engines.inaturalist import INaturalistConfig
 from crawl.engines.local import LocalConfig
 from crawl.fetch import FetchConfig
 from crawl.search import SearchConfig, pending_queries, read_results, search_partitioned
+from curate.balance import BalanceConfig, LabelConfig
+from curate.captions import CaptionConfig
+from curate.dedup import DedupConfig
+from curate.export import ExportConfig
+from curate.images import ImageConfig, ResizeConfig
+from curate.pipeline import CurateConfig, ExportStageConfig, curate, export
+from curate.splits import SplitConfig
 from kg.backend import EmbeddedGraph, EndpointGraph, KnowledgeGraph
 from kg.errors import ConfigError, InputError
 from kg.harvest import HarvestConfig, build_queries, harvest
@@ -290,10 +297,66 @@ def run_download(cfg: DictConfig, catalog: Catalog) -> Counts:
     return counts
 
 
+def curate_config(cfg: DictConfig) -> CurateConfig:
+    """The curation settings of the Hydra config."""
+    section = section_of(cfg.curate)
+    parts = {
+        "images": ImageConfig,
+        "dedup": DedupConfig,
+        "labels": LabelConfig,
+        "balance": BalanceConfig,
+        "captions": CaptionConfig,
+        "splits": SplitConfig,
+    }
+    settings: dict[str, Any] = {
+        name: _dataclass(cls, section[name], f"curate.{name}")
+        for name, cls in parts.items()
+    }
+    settings["splits"] = dataclasses.replace(
+        settings["splits"], held_out=list(settings["splits"].held_out)
+    )
+    settings["evaluation_sets"] = dict(section.get("evaluation_sets") or {})
+    settings["processes"] = section.get("processes")
+    return CurateConfig(**settings)
+
+
+def run_curate(cfg: DictConfig, catalog: Catalog) -> Counts:
+    """``kgclip curate``: downloads -> ``images`` and ``pairs``."""
+    config = curate_config(cfg)
+    entities = read_table(catalog, "entities", "harvest")
+    queries = read_table(catalog, "queries", "queries")
+    if cfg.dry_run:
+        sys.stdout.write(f"would curate the downloads of {catalog.run_dir}\n")
+        return {"dry_run": True}
+    counts = curate(catalog.run_dir, entities, queries, config)
+    catalog.refresh_views()
+    return counts
+
+
+def run_export(cfg: DictConfig, catalog: Catalog) -> Counts:
+    """``kgclip export``: pairs -> webdataset shards and the datasheet."""
+    section = section_of(cfg.curate)
+    config = ExportStageConfig(
+        images=_dataclass(ImageConfig, section["images"], "curate.images"),
+        resize=_dataclass(ResizeConfig, section["resize"], "curate.resize"),
+        shards=_dataclass(ExportConfig, section["shards"], "curate.shards"),
+    )
+    entities = read_table(catalog, "entities", "harvest")
+    if cfg.dry_run:
+        sys.stdout.write(f"would export the pairs of {catalog.run_dir}\n")
+        return {"dry_run": True}
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    counts = export(catalog.run_dir, entities, config, settings)
+    catalog.refresh_views()
+    return counts
+
+
 STAGES: dict[str, Stage] = {
     "ingest": run_ingest,
     "harvest": run_harvest,
     "queries": run_queries,
     "search": run_search,
     "download": run_download,
+    "curate": run_curate,
+    "export": run_export,
 }
