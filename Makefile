@@ -32,13 +32,16 @@ lint: $(STAMP)
 test: lint browser
 	$(BIN)/pytest
 
-bench: bench-kg bench-curate-images bench-crawl
+bench: bench-kg bench-curate-images bench-curate-dedup bench-crawl
 
 bench-kg: $(STAMP)
 	$(BIN)/python benchmarks/bench_kg.py
 
 bench-curate-images: $(STAMP)
 	$(BIN)/python benchmarks/bench_curate_images.py
+
+bench-curate-dedup: $(STAMP)
+	$(BIN)/python benchmarks/bench_curate_dedup.py
 
 # img2dataset, the reference, is a benchmark-only dependency; without it the
 # benchmark says so and measures kgclip alone. Chromium is for the result pages.
