@@ -167,9 +167,12 @@ class _Writers:
             self.results.add(result)
         self.results.flush()
         self.searches.add(search_row(outcome, **ids))
+        self.count(outcome.status, len(outcome.results))
+
+    def count(self, status: str, num_results: int) -> None:
         self.counts["searched"] += 1
-        self.counts["results"] += len(outcome.results)
-        key = f"status_{outcome.status}"
+        self.counts["results"] += num_results
+        key = f"status_{status}"
         self.counts[key] = self.counts.get(key, 0) + 1
 
     def flush(self) -> None:
@@ -269,10 +272,7 @@ def _search_browser(
         writers.results.flush()
         for row in searches.to_pylist():
             writers.searches.add(row)
-            writers.counts["searched"] += 1
-            key = f"status_{row['status']}"
-            writers.counts[key] = writers.counts.get(key, 0) + 1
-        writers.counts["results"] += results.num_rows
+            writers.count(row["status"], row["num_results"])
         writers.searches.flush()
 
 
