@@ -57,20 +57,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
 import html
 import json
 import logging
 import math
 import os
-import platform
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -78,6 +74,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+import common
+from common import Row, fmt, rate, verdict
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO.parent / "shared" / "data" / "images" / "flowers5"
@@ -347,28 +346,6 @@ def build_urls(ports: list[int], files: list[str], count: int) -> list[str]:
 # Workers: each runs in its own subprocess and returns a JSON-able dict
 
 
-class Clock:
-    """Wall and CPU seconds: user+sys of this process (all threads) and of
-    its children that have ended."""
-
-    def __init__(self) -> None:
-        self.wall0, self.cpu0 = time.perf_counter(), self._cpu()
-
-    @staticmethod
-    def _cpu() -> float:
-        total = 0.0
-        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-            usage = resource.getrusage(who)
-            total += usage.ru_utime + usage.ru_stime
-        return total
-
-    def read(self) -> dict[str, float]:
-        return {
-            "wall_s": round(time.perf_counter() - self.wall0, 3),
-            "cpu_s": round(self._cpu() - self.cpu0, 3),
-        }
-
-
 def work_kgclip(
     urls_file: str, run_dir: str, fetch: dict[str, Any], download: dict[str, Any]
 ) -> dict[str, Any]:
@@ -379,7 +356,7 @@ def work_kgclip(
 
     urls = Path(urls_file).read_text().split()
     config = DownloadConfig(fetch=FetchConfig(**fetch), **download)
-    clock = Clock()
+    clock = common.Clock(children=True)
     counts = run_download(urls, Path(run_dir), config, partition="p000")
     return {**clock.read(), "counts": counts, "config": asdict(config)}
 
@@ -438,7 +415,7 @@ def clock_img2dataset_shards(record_file: str) -> None:
     original = Downloader.download_shard
 
     def timed(self: Any, row: Any) -> Any:
-        clock = Clock()
+        clock = common.Clock(children=True)
         try:
             return original(self, row)
         finally:
@@ -493,7 +470,7 @@ def work_browser(
     found: dict[str, Any] = {}
     with WarcArchive(Path(run_dir) / "archive", writer_id="bench") as archive:
         for label, batch in (("one", numbered[:1]), ("all", numbered)):
-            clock = Clock()
+            clock = common.Clock(children=True)
             results, searches = asyncio.run(
                 search_web(batch, "bing", archive, config, run_dir=run_dir)
             )
@@ -519,9 +496,7 @@ def worker_main(kind: str, args_file: str, result_file: str) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    kwargs = json.loads(Path(args_file).read_text())
-    result = WORKERS[kind](**kwargs)
-    Path(result_file).write_text(json.dumps(result))
+    common.worker_main(WORKERS, kind, args_file, result_file)
 
 
 def child_env() -> dict[str, str]:
@@ -535,38 +510,11 @@ def child_env() -> dict[str, str]:
 
 
 def run_worker(out: Path, name: str, kind: str, **kwargs: Any) -> dict[str, Any]:
-    """Run one worker in a subprocess; its result, plus ``child_cpu_s`` (the
-    whole process tree, start-up included), ``child_wall_s`` and ``error``."""
-    logs = out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    args_file, result_file = logs / f"{name}.args.json", logs / f"{name}.result.json"
-    args_file.write_text(json.dumps(kwargs))
-    result_file.unlink(missing_ok=True)
-    command = [sys.executable, __file__, "--worker", kind]
-    command += [str(args_file), str(result_file)]
-    print(f"  {name} ...", end=" ", flush=True)
-    started = time.perf_counter()
-    with (logs / f"{name}.log").open("wb") as log_file:
-        child = subprocess.Popen(
-            command, stdout=log_file, stderr=subprocess.STDOUT, env=child_env()
-        )
-        timer = threading.Timer(CHILD_TIMEOUT_S, child.kill)
-        timer.start()
-        _, status, usage = os.wait4(child.pid, 0)
-        timer.cancel()
-    wall = round(time.perf_counter() - started, 2)
-    print(f"{wall} s", flush=True)
-    code = os.waitstatus_to_exitcode(status)
-    result: dict[str, Any] = {}
-    error = None
-    if code == 0 and result_file.exists():
-        result = json.loads(result_file.read_text())
-    else:
-        tail = (logs / f"{name}.log").read_text(errors="replace").strip()
-        error = tail.splitlines()[-1] if tail else f"exit {code}"
-        print(f"  {name} failed: {error}", flush=True)
-    cpu = round(usage.ru_utime + usage.ru_stime, 2)
-    return {**result, "child_cpu_s": cpu, "child_wall_s": wall, "error": error}
+    """Run one worker of this file in a subprocess (see ``common.run_worker``);
+    ``child_cpu_s`` covers the whole process tree, start-up included."""
+    return common.run_worker(
+        __file__, out, name, kind, timeout_s=CHILD_TIMEOUT_S, env=child_env(), **kwargs
+    )
 
 
 # --------------------------------------------------------------------------
@@ -718,72 +666,18 @@ def fresh(path: Path) -> Path:
 
 
 def machine_info(images: Path) -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    model = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    versions: dict[str, str | None] = {}
-    for package in ("aiohttp", "img2dataset", "playwright"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    packages = ("aiohttp", "img2dataset", "playwright")
     return {
-        "date": dt.date.today().isoformat(),
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "memory_gb": round(memory, 1),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "commit": git_commit(),
-        "python": platform.python_version(),
+        **common.machine_info("crawl"),
         "images": str(images),
-        **versions,
+        **{package: common.package_version(package) for package in packages},
     }
-
-
-def git_commit() -> str | None:
-    """The checked-out commit, with ``+dirty`` when crawl/ has local changes."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=REPO,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "crawl"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=REPO,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head + ("+dirty" if dirty else "")  # fmt: skip
 
 
 # --------------------------------------------------------------------------
 # Report
 
 
-def rate(count: float | None, seconds: float | None) -> float | None:
-    return None if count is None or not seconds else count / seconds
-
-
-def fmt(value: Any, digits: int = 0) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, str):
-        return value
-    return f"{value:,.{digits}f}"
-
-
-Row = list[str]
 HEADERS = ["tool", "URLs", "ok", "wall s", "CPU s", "downloads/s",
            "downloads per CPU-s", "server CPU s", "most connections to a host",
            "starts < ½ delay apart", "politeness"]  # fmt: skip
@@ -829,10 +723,9 @@ def goal_row(f: Figures) -> Row:
     ratio = None if mine is None or not theirs else mine / theirs
     f.goals["ratio_per_cpu_s"] = None if ratio is None else round(ratio, 2)
     f.goals["per_cpu_s"] = None if ratio is None else ratio >= GOAL_RATIO
-    verdict = {None: "–", True: "PASS", False: "MISS"}[f.goals["per_cpu_s"]]
     cells = ["", "", "", "", "", fmt(ratio, 2) + ("×" if ratio else "")]
     return [f"goal: kgclip ≥ {GOAL_RATIO:g}× img2dataset per CPU-s", *cells,
-            "", "", "", verdict]  # fmt: skip
+            "", "", "", verdict(f.goals["per_cpu_s"])]  # fmt: skip
 
 
 BROWSER_HEADERS = ["result pages", "queries", "ok", "results parsed", "wall s",
@@ -872,28 +765,6 @@ def title(f: Figures) -> str:
     )
 
 
-def print_table(caption: str, headers: list[str], rows: list[Row]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=caption, title_justify="left")
-    for header in headers:
-        left = header in (headers[0], headers[-1])
-        table.add_column(header, justify="left" if left else "right")
-    colours = {"PASS": "green", "MISS": "yellow"}
-    for row in rows:
-        colour = colours.get(row[-1])
-        table.add_row(*row[:-1], f"[{colour}]{row[-1]}[/]" if colour else row[-1])
-    Console(width=max(200, shutil.get_terminal_size().columns)).print(table)
-
-
-def markdown_table(headers: list[str], rows: list[Row]) -> str:
-    align = "|---" + "|--:" * (len(headers) - 2) + "|---|"
-    lines = ["| " + " | ".join(headers) + " |", align]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def checks_of(f: Figures, expected_bytes: int) -> list[str]:
     """What makes the run wrong, not merely slow."""
     problems = []
@@ -923,19 +794,18 @@ def checks_of(f: Figures, expected_bytes: int) -> list[str]:
 def report(out: Path, f: Figures, expected_bytes: int) -> int:
     """Print the tables, write the JSON and Markdown files; 1 on a failed check."""
     downloads, pages = download_rows(f), browser_rows(f)
-    print_table(f"kgclip crawl benchmark: {title(f)}", HEADERS, downloads)
-    print_table("Result pages through Playwright", BROWSER_HEADERS, pages)
+    # The first column names the row and the last says what it means.
+    left = (HEADERS[0], HEADERS[-1], BROWSER_HEADERS[0], BROWSER_HEADERS[-1])
+    caption = f"kgclip crawl benchmark: {title(f)}"
+    common.print_table(caption, HEADERS, downloads, left=left)
+    caption = "Result pages through Playwright"
+    common.print_table(caption, BROWSER_HEADERS, pages, left=left)
     problems = checks_of(f, expected_bytes)
     f.checks = {"expected_bytes": expected_bytes, "problems": problems}
     f.machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    (out / "bench_crawl.json").write_text(json.dumps(asdict(f), indent=1))
-    text = f"{title(f)}\n\n" + markdown_table(HEADERS, downloads)
-    text += "\n" + markdown_table(BROWSER_HEADERS, pages)
-    (out / "bench_crawl.md").write_text(text)
-    for problem in problems:
-        print(f"CHECK FAILED: {problem}", file=sys.stderr)
-    print(f"figures written to {out / 'bench_crawl.json'} and {out / 'bench_crawl.md'}")
-    return 1 if problems else 0
+    text = f"{title(f)}\n\n" + common.markdown_table(HEADERS, downloads, left=left)
+    text += "\n" + common.markdown_table(BROWSER_HEADERS, pages, left=left)
+    return common.write_figures(out, "bench_crawl", asdict(f), text, problems)
 
 
 # --------------------------------------------------------------------------
@@ -943,9 +813,10 @@ def report(out: Path, f: Figures, expected_bytes: int) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Benchmark kgclip's image download against img2dataset on "
-        "a local web of many hosts, and its browser search's result pages/s."
+    parser = common.argument_parser(
+        "Benchmark kgclip's image download against img2dataset on a local web of "
+        "many hosts, and its browser search's result pages/s.",
+        worker=True,
     )
     add = parser.add_argument
     add("--urls", type=int, default=12_000, help="distinct image URLs")
@@ -962,10 +833,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--repeat", type=int, default=3, help="runs of each downloader")
     add("--queries", type=int, default=30, help="queries through the browser")
     add("--images", type=Path, default=IMAGES, help="folder of <class>/<file>.jpg")
-    add("--out", type=Path, default=Path("benchmarks/out"), help="work folder")
     add("--skip-img2dataset", action="store_true", help="run kgclip alone")
     add("--skip-browser", action="store_true", help="skip the result pages")
-    add("--worker", nargs=3, help=argparse.SUPPRESS)
     add("--serve", nargs=2, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 

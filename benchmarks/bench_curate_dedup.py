@@ -42,18 +42,12 @@ speed goal is reported, not fatal.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
-import platform
-import resource
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import common
 import numpy as np
 
 GOAL_PAIRS_S = 300.0  # ten million hashes
@@ -104,10 +98,6 @@ def popcount(x: np.ndarray) -> np.ndarray:
     )
 
 
-def peak_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
 # --------------------------------------------------------------------------
 # Steps, each run in a child process
 
@@ -117,7 +107,7 @@ def step_pairs(size: int, share: float, d: int, seed: int) -> dict[str, Any]:
 
     data = planted_hashes(size, share, seed)
     hashes, centres, copies = data["hashes"], data["centres"], data["copies"]
-    input_mb = peak_mb()
+    input_mb = common.peak_mb()
     started = time.perf_counter()
     pairs = near_pairs(hashes, d)
     seconds = time.perf_counter() - started
@@ -163,7 +153,7 @@ def step_groups(size: int, share: float, d: int, seed: int) -> dict[str, Any]:
     repeats = hashes[rng.integers(0, hashes.size, size // 200)]
     blank = np.full(5000, BLANK, dtype=np.uint64)
     everything = np.concatenate((hashes, repeats, blank))
-    input_mb = peak_mb()
+    input_mb = common.peak_mb()
     started = time.perf_counter()
     labels = group_near_duplicates(everything, d)
     seconds = time.perf_counter() - started
@@ -198,7 +188,7 @@ def step_decontaminate(
             rng.integers(0, 2**64, eval_size - sources.size, dtype=np.uint64),
         )
     )
-    input_mb = peak_mb()
+    input_mb = common.peak_mb()
     started = time.perf_counter()
     pairs = near_pairs_between(hashes, evaluation, d)
     seconds = time.perf_counter() - started
@@ -238,7 +228,7 @@ def step_stage(size: int, share: float, d: int, seed: int) -> dict[str, Any]:
         }
     )
     del ids
-    input_mb = peak_mb()
+    input_mb = common.peak_mb()
     started = time.perf_counter()
     result = dedup_images(images, DedupConfig(max_distance=d))
     seconds = time.perf_counter() - started
@@ -294,32 +284,12 @@ STEPS = {
 
 
 def run_step(out: Path, name: str, step: str, **kwargs: Any) -> dict[str, Any]:
-    """Run one step in a child process; add its wall time and peak RSS."""
-    logs = out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    result_file = logs / f"dedup-{name}.result.json"
-    result_file.unlink(missing_ok=True)
-    command = [sys.executable, __file__, "--worker", step, json.dumps(kwargs)]
-    command.append(str(result_file))
-    print(f"  {name} ...", end=" ", flush=True)
-    started = time.perf_counter()
-    with (logs / f"dedup-{name}.log").open("wb") as log:
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        timer = threading.Timer(CHILD_TIMEOUT_S, child.kill)
-        timer.start()
-        _, _, usage = os.wait4(child.pid, 0)
-        timer.cancel()
-    wall = round(time.perf_counter() - started, 1)
-    result: dict[str, Any] = {"step": step, "name": name, "error": None}
-    if result_file.exists():
-        result |= json.loads(result_file.read_text())
-    else:
-        tail = (logs / f"dedup-{name}.log").read_text(errors="replace").strip()
-        result["error"] = tail.splitlines()[-1] if tail else "no result"
-    result["peak_mb"] = round(usage.ru_maxrss / 1024, 1)
-    result["child_wall_s"] = wall
-    print(f"{result.get('seconds', '-')} s, peak {result['peak_mb']} MB", flush=True)
-    return result
+    """Run one step in a child process; its result, with its wall time and peak
+    RSS (see ``common.run_worker``)."""
+    result = common.run_worker(
+        __file__, out, f"dedup-{name}", step, timeout_s=CHILD_TIMEOUT_S, **kwargs
+    )
+    return {"step": step, "name": name, **result}
 
 
 # --------------------------------------------------------------------------
@@ -332,25 +302,8 @@ def machine_info() -> dict[str, Any]:
     import duckdb
     import pyarrow
 
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    memory_kb = int(Path("/proc/meminfo").read_text().split()[1])
     return {
-        "date": dt.date.today().isoformat(),
-        "commit": commit or "unknown",
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gb": round(memory_kb / 2**20, 1),
-        "python": platform.python_version(),
+        **common.machine_info("curate"),
         "numpy": np.__version__,
         "pyarrow": pyarrow.__version__,
         "duckdb": duckdb.__version__,
@@ -457,38 +410,15 @@ def title(machine: dict[str, Any], args: argparse.Namespace) -> str:
     )
 
 
-def print_table(rows: list[list[str]], heading: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"kgclip dedup benchmark: {heading}", title_justify="left")
-    for header in HEADERS:
-        table.add_column(
-            header, justify="left" if header in ("step", "checks") else "right"
-        )
-    colours = {"PASS": "green", "MISS": "yellow", "FAIL": "bold red"}
-    for row in rows:
-        colour = colours.get(row[-1])
-        table.add_row(*row[:-1], f"[{colour}]{row[-1]}[/]" if colour else row[-1])
-    Console(width=200).print(table)
-
-
-def markdown(rows: list[list[str]], heading: str) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "|---|--:|--:|--:|--:|---|--:|--:|"]
-    lines += [
-        "| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows
-    ]
-    return f"{heading}\n\n" + "\n".join(lines) + "\n"
-
-
 # --------------------------------------------------------------------------
 # Main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Benchmark kgclip's near-duplicate search over millions of "
-        "perceptual hashes with planted near-duplicate clusters."
+    parser = common.argument_parser(
+        "Benchmark kgclip's near-duplicate search over millions of perceptual "
+        "hashes with planted near-duplicate clusters.",
+        worker=True,
     )
     add = parser.add_argument
     add("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
@@ -499,8 +429,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="sizes at which dedup_images runs on an Arrow table")  # fmt: skip
     add("--exact-sample", type=int, default=20_000, help="hashes checked by all pairs")
     add("--seed", type=int, default=42)
-    add("--out", type=Path, default=Path("benchmarks/out"), help="work folder")
-    add("--worker", nargs=3, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -526,9 +454,7 @@ def plan_steps(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
-        step, kwargs, result_file = args.worker
-        result = STEPS[step](**json.loads(kwargs))
-        Path(result_file).write_text(json.dumps(result))
+        common.worker_main(STEPS, *args.worker)
         return 0
 
     out: Path = args.out
@@ -538,16 +464,14 @@ def main(argv: list[str] | None = None) -> int:
 
     heading = title(machine, args)
     rows = [row_of(result, args.distance) for result in results]
-    print_table(rows, heading)
+    # The steps' names and what their checks found are read from the left.
+    left = ("step", "checks")
+    common.print_table(f"kgclip dedup benchmark: {heading}", HEADERS, rows, left=left)
     problems = [p for result in results for p in problems_of(result)]
     figures = {"machine": machine, "args": vars(args) | {"out": str(out)}}
     figures |= {"results": results, "problems": problems}
-    (out / "bench_curate_dedup.json").write_text(json.dumps(figures, indent=1))
-    (out / "bench_curate_dedup.md").write_text(markdown(rows, heading))
-    for problem in problems:
-        print(f"CHECK FAILED: {problem}", file=sys.stderr)
-    print(f"figures written to {out / 'bench_curate_dedup.json'} and .md")
-    return 1 if problems else 0
+    text = f"{heading}\n\n" + common.markdown_table(HEADERS, rows, left=left)
+    return common.write_figures(out, "bench_curate_dedup", figures, text, problems)
 
 
 if __name__ == "__main__":

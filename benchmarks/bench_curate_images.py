@@ -40,14 +40,9 @@ kgclip and img2dataset); missed speed goals are reported, not fatal.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import io
-import json
 import os
-import platform
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -55,7 +50,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import common
 import numpy as np
+from common import fmt, verdict
 from PIL import Image, features
 
 from curate import images as ci
@@ -336,14 +333,6 @@ def problems_of(figures: Figures) -> list[str]:
 # Report
 
 
-def fmt(value: float | None, digits: int = 0) -> str:
-    return "–" if value is None else f"{value:,.{digits}f}"
-
-
-def verdict(ok: bool | None) -> str:
-    return "–" if ok is None else ("PASS" if ok else "MISS")
-
-
 def speed(found: dict[str, Any], name: str) -> float | None:
     return found[name]["per_cpu_s"] if name in found else None
 
@@ -420,76 +409,19 @@ def title(figures: Figures) -> str:
     )
 
 
-def print_table(rows: list[list[str]], figures: Figures) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(
-        title=f"kgclip image benchmark: {title(figures)}", title_justify="left"
-    )
-    for header in headers(figures):
-        table.add_column(header, justify="right" if header else "left", no_wrap=True)
-    colours = {"PASS": "green", "MISS": "yellow"}
-    for row in rows:
-        colour = colours.get(row[-1])
-        table.add_row(*row[:-1], f"[{colour}]{row[-1]}[/]" if colour else row[-1])
-    Console(width=max(160, shutil.get_terminal_size().columns)).print(table)
-
-
-def markdown(rows: list[list[str]], figures: Figures) -> str:
-    columns = headers(figures)
-    lines = [
-        "| " + " | ".join(columns) + " |",
-        "|---" + "|--:" * (len(columns) - 1) + "|",
-    ]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return f"{title(figures)}\n\n" + "\n".join(lines) + "\n"
-
-
 def machine_info(size: int) -> dict[str, Any]:
     import cv2
 
-    model = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
     return {
-        "date": dt.date.today().isoformat(),
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "commit": git_commit(),
-        "python": platform.python_version(),
+        **common.machine_info("curate"),
         "pillow": Image.__version__,
         "libjpeg_turbo": features.version("libjpeg_turbo"),
         "numpy": np.__version__,
         "opencv": cv2.__version__,
-        "img2dataset": package_version("img2dataset"),
-        "imagehash": package_version("imagehash"),
+        "img2dataset": common.package_version("img2dataset"),
+        "imagehash": common.package_version("imagehash"),
         "size": size,
     }
-
-
-def package_version(name: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 # --------------------------------------------------------------------------
@@ -497,9 +429,9 @@ def git_commit() -> str | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Benchmark kgclip's image checks and export against "
-        "img2dataset's resizer, on one core."
+    parser = common.argument_parser(
+        "Benchmark kgclip's image checks and export against img2dataset's "
+        "resizer, on one core."
     )
     add = parser.add_argument
     add("--size", type=int, default=256, help="shorter side of the export, px")
@@ -509,7 +441,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=2.0,
         help="CPU seconds each measurement runs, on average (three passes at least)",
     )
-    add("--out", type=Path, default=Path("benchmarks/out"), help="output folder")
     add("--skip-reference", action="store_true", help="skip img2dataset, imagehash")
     return parser.parse_args(argv)
 
@@ -534,19 +465,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(out: Path, figures: Figures) -> int:
     rows = rows_of(figures)
-    print_table(rows, figures)
+    columns = headers(figures)
+    caption = f"kgclip image benchmark: {title(figures)}"
+    common.print_table(caption, columns, rows, no_wrap=True)
     figures.problems = problems_of(figures)
-    (out / "bench_curate_images.json").write_text(
-        json.dumps(asdict(figures), indent=1, default=str)
+    text = f"{title(figures)}\n\n" + common.markdown_table(columns, rows)
+    return common.write_figures(
+        out, "bench_curate_images", asdict(figures), text, figures.problems
     )
-    (out / "bench_curate_images.md").write_text(markdown(rows, figures))
-    for problem in figures.problems:
-        print(f"CHECK FAILED: {problem}", file=sys.stderr)
-    print(
-        f"figures written to {out / 'bench_curate_images.json'} and "
-        f"{out / 'bench_curate_images.md'}"
-    )
-    return 1 if figures.problems else 0
 
 
 if __name__ == "__main__":

@@ -41,24 +41,23 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import datetime as dt
 import importlib
 import json
 import os
-import platform
 import random
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+import common
+from common import Row, fmt, rate, verdict
 
 GENERATOR_VERSION = 2
 SNAPSHOT = "2026-01-01"
@@ -565,24 +564,6 @@ def ensure_prefix(info: DumpInfo, lines: int) -> Path:
 # Workers: each runs in its own subprocess and returns a JSON-able dict
 
 
-class Clock:
-    """Wall and CPU (user+sys of this process, all threads) seconds."""
-
-    def __init__(self) -> None:
-        self.wall0, self.cpu0 = time.perf_counter(), self._cpu()
-
-    @staticmethod
-    def _cpu() -> float:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-
-    def read(self) -> dict[str, float]:
-        return {
-            "wall_s": round(time.perf_counter() - self.wall0, 3),
-            "cpu_s": round(self._cpu() - self.cpu0, 3),
-        }
-
-
 def timed(action: Callable[[], int], runs: int, alone_over_s: float) -> dict[str, Any]:
     """One warm-up, then ``runs`` timed runs; their median as ``s``.
 
@@ -602,10 +583,6 @@ def timed(action: Callable[[], int], runs: int, alone_over_s: float) -> dict[str
     return {"s": statistics.median(times), "runs": times, "cold": False, "rows": rows}
 
 
-def _self_peak_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
 def work_filter(source: str) -> dict[str, Any]:
     """The ingest filter alone: read and filter, discard the batches."""
     from kg import dumps
@@ -616,7 +593,7 @@ def work_filter(source: str) -> dict[str, Any]:
         tuple(config.properties), tuple(config.languages), config.sitelinks
     )
     stats = dumps.ReadStats()
-    clock = Clock()
+    clock = common.Clock()
     _, compression = dumps.detect(Path(source))
     with dumps.open_dump(Path(source), compression) as stream:
         for _batch in dumps.read_ntriples(stream, rules, stats):
@@ -628,7 +605,7 @@ def work_ingest(source: str, store: str) -> dict[str, Any]:
     """kgclip's ingest into a fresh store."""
     from kg.ingest import IngestConfig, ingest
 
-    clock = Clock()
+    clock = common.Clock()
     result = ingest(IngestConfig(Path(source), Path(store)))
     return {**clock.read(), **result.counts()}
 
@@ -670,7 +647,7 @@ def work_oxigraph_load(source: str, store: str) -> dict[str, Any]:
     """Oxigraph's on-disk bulk load of the whole file, unfiltered."""
     import pyoxigraph
 
-    clock = Clock()
+    clock = common.Clock()
     ox = pyoxigraph.Store(store)
     ox.bulk_load(path=source, format=pyoxigraph.RdfFormat.N_TRIPLES)
     ox.flush()
@@ -702,11 +679,11 @@ def work_rdflib(source: str, queries: dict[str, str], limit_s: int) -> dict[str,
 
     import rdflib
 
-    clock = Clock()
+    clock = common.Clock()
     graph = rdflib.Graph()
     graph.parse(source, format="nt")
     result: dict[str, Any] = {**clock.read(), "triples": len(graph)}
-    result["parse_peak_mb"] = _self_peak_mb()
+    result["parse_peak_mb"] = common.peak_mb()
 
     def give_up(signum: int, frame: object) -> None:
         raise TimeoutError(f"rdflib's query timed out after {limit_s} s")
@@ -739,13 +716,6 @@ WORKERS: dict[str, Callable[..., dict[str, Any]]] = {
 }
 
 
-def worker_main(kind: str, args_file: str, result_file: str) -> None:
-    """Entry point of a worker subprocess."""
-    kwargs = json.loads(Path(args_file).read_text())
-    result = WORKERS[kind](**kwargs)
-    Path(result_file).write_text(json.dumps(result))
-
-
 # --------------------------------------------------------------------------
 # Running workers
 
@@ -753,53 +723,8 @@ def worker_main(kind: str, args_file: str, result_file: str) -> None:
 def run_worker(
     out: Path, name: str, kind: str, timeout_s: float = CHILD_TIMEOUT_S, **kwargs: Any
 ) -> dict[str, Any]:
-    """Run one worker in a subprocess and return its result.
-
-    Added to the result: ``peak_mb`` and ``child_cpu_s`` of the whole child
-    (from ``os.wait4``), ``child_wall_s``, and ``error`` (None when it worked).
-    """
-    logs = out / "logs"
-    logs.mkdir(exist_ok=True)
-    args_file, result_file = logs / f"{name}.args.json", logs / f"{name}.result.json"
-    args_file.write_text(json.dumps(kwargs))
-    result_file.unlink(missing_ok=True)
-    command = [sys.executable, __file__, "--worker", kind]
-    command += [str(args_file), str(result_file)]
-    print(f"  {name} ...", end=" ", flush=True)
-    started = time.perf_counter()
-    with (logs / f"{name}.log").open("wb") as log:
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        killed = threading.Event()
-
-        def stop() -> None:
-            killed.set()
-            child.kill()
-
-        timer = threading.Timer(timeout_s, stop)
-        timer.start()
-        _, status, usage = os.wait4(child.pid, 0)
-        timer.cancel()
-        child.returncode = os.waitstatus_to_exitcode(status)
-    wall = round(time.perf_counter() - started, 2)
-    print(f"{wall} s", flush=True)
-    result: dict[str, Any] = {}
-    error = None
-    if child.returncode == 0 and result_file.exists():
-        result = json.loads(result_file.read_text())
-    elif killed.is_set():
-        error = f"timed out after {timeout_s:g} s"
-    else:
-        tail = (logs / f"{name}.log").read_text(errors="replace").strip()
-        error = tail.splitlines()[-1] if tail else f"exit {child.returncode}"
-    if error:
-        print(f"  {name} failed: {error}", flush=True)
-    return {
-        **result,
-        "peak_mb": round(usage.ru_maxrss / 1024, 1),
-        "child_cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-        "child_wall_s": wall,
-        "error": error,
-    }
+    """Run one worker of this file in a subprocess (see ``common.run_worker``)."""
+    return common.run_worker(__file__, out, name, kind, timeout_s=timeout_s, **kwargs)
 
 
 def fresh(path: Path) -> Path:
@@ -833,47 +758,13 @@ def machine_info() -> dict[str, Any]:
     import pyoxigraph
     import rdflib
 
-    model = "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return {
-        "date": dt.date.today().isoformat(),
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "memory_gb": round(memory, 1),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "commit": git_commit(),
+        **common.machine_info("kg"),
         "kg_digest": kg_digest(),
-        "python": platform.python_version(),
         "duckdb": duckdb.__version__,
         "pyoxigraph": pyoxigraph.__version__,
         "rdflib": rdflib.__version__,
     }
-
-
-def git_commit() -> str | None:
-    """The checked-out commit, with ``+dirty`` when kg/ has local changes."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "kg"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head + ("+dirty" if dirty else "")
 
 
 def kg_digest() -> str:
@@ -1025,23 +916,6 @@ def dig(data: dict[str, Any], *keys: str) -> Any:
     return data
 
 
-def rate(count: float | None, seconds: float | None) -> float | None:
-    return None if count is None or not seconds else count / seconds
-
-
-def fmt(value: Any, digits: int = 0) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, str):
-        return value
-    return f"{value:,.{digits}f}"
-
-
-def verdict(ok: bool | None, fail: str = "MISS") -> str:
-    return "–" if ok is None else ("PASS" if ok else fail)
-
-
-Row = list[str]
 HEADERS = ["", "kgclip .nt", "kgclip .nt.gz", "Oxigraph", "rdflib", "goal", "result"]
 
 
@@ -1163,28 +1037,6 @@ def title(f: Figures) -> str:
     )
 
 
-def print_table(rows: list[Row], f: Figures) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"kgclip KG benchmark: {title(f)}", title_justify="left")
-    for header in HEADERS:
-        table.add_column(header, justify="right" if header else "left", no_wrap=True)
-    colours = {"PASS": "green", "MISS": "yellow", "FAIL": "bold red"}
-    for row in rows:
-        colour = colours.get(row[-1])
-        table.add_row(*row[:-1], f"[{colour}]{row[-1]}[/]" if colour else row[-1])
-    Console(width=max(200, shutil.get_terminal_size().columns)).print(table)
-
-
-def markdown(rows: list[Row], f: Figures) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "|---" + "|--:" * 6 + "|"]
-    lines += [
-        "| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows
-    ]
-    return f"{title(f)}\n\n" + "\n".join(lines) + "\n"
-
-
 def problems_of(f: Figures) -> list[str]:
     """What makes the run wrong, not merely slow."""
     problems = [
@@ -1230,14 +1082,14 @@ def _row_mismatches(f: Figures) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Benchmark kgclip's ingest and harvest against rdflib and "
-        "Oxigraph on a synthetic truthy Wikidata dump."
+    parser = common.argument_parser(
+        "Benchmark kgclip's ingest and harvest against rdflib and Oxigraph on a "
+        "synthetic truthy Wikidata dump.",
+        worker=True,
     )
     add = parser.add_argument
     add("--lines", type=int, default=10_000_000, help="dump lines (at least)")
     add("--taxa", type=int, default=100_000, help="taxa of the harvested subtree")
-    add("--out", type=Path, default=Path("benchmarks/out"), help="work folder")
     add("--seed", type=int, default=42, help="seed of the synthetic dump")
     add("--runs", type=int, default=3, help="timed harvest runs after a warm-up")
     add("--repeat", type=int, default=3, help="runs of each filter and ingest")
@@ -1248,7 +1100,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--reference-query-limit", type=int, default=180,
         help="seconds after which a reference query is given up")  # fmt: skip
     add("--skip-reference", action="store_true", help="skip rdflib and Oxigraph")
-    add("--worker", nargs=3, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -1264,7 +1115,7 @@ def harvest_available() -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
-        worker_main(*args.worker)
+        common.worker_main(WORKERS, *args.worker)
         return 0
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -1301,18 +1152,15 @@ def report(
 ) -> int:
     """Print the table, write the JSON and Markdown files; 1 on a failed check."""
     rows = load_rows(figures) + harvest_rows(figures, taxa, small)
-    print_table(rows, figures)
+    caption = f"kgclip KG benchmark: {title(figures)}"
+    common.print_table(caption, HEADERS, rows, no_wrap=True)
     problems = problems_of(figures)
     figures.checks["problems"] = problems
     figures.machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     if kg_digest() != figures.machine["kg_digest"]:
         problems.append("kgclip's kg/ sources changed during the run; run it again")
-    (out / "bench_kg.json").write_text(json.dumps(asdict(figures), indent=1))
-    (out / "bench_kg.md").write_text(markdown(rows, figures))
-    for problem in problems:
-        print(f"CHECK FAILED: {problem}", file=sys.stderr)
-    print(f"figures written to {out / 'bench_kg.json'} and {out / 'bench_kg.md'}")
-    return 1 if problems else 0
+    text = f"{title(figures)}\n\n" + common.markdown_table(HEADERS, rows)
+    return common.write_figures(out, "bench_kg", asdict(figures), text, problems)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from crawl.web import Location
+from crawl.web import Location, Response
 
 SearchStatus = Literal["ok", "empty", "blocked", "error"]
 SafeSearch = Literal["strict", "moderate", "off"]
@@ -78,6 +78,17 @@ class SearchOptions:
     safe_search: SafeSearch = "moderate"
     excluded_terms: tuple[str, ...] | None = None
     base_url: str | None = None
+
+    def query(self, text: str) -> str:
+        """The query text followed by ``-term`` for each excluded term, the
+        syntax Google, Bing and DuckDuckGo all understand."""
+        terms = self.excluded_terms
+        return with_exclusions(text, DEFAULT_EXCLUDED_TERMS if terms is None else terms)
+
+    def origin(self, default: str) -> str:
+        """The scheme and host to ask, without a trailing slash: ``base_url``
+        when set, else the engine's own ``default``."""
+        return (self.base_url or default).rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -159,6 +170,29 @@ def search_row(
         "warc_offset": location.offset if location else None,
         "fetched": outcome.fetched,
     }
+
+
+def shows_marker(
+    html: str, markers: tuple[str, ...], head_chars: int = 200_000
+) -> bool:
+    """Whether the first ``head_chars`` of a page carry one of ``markers``
+    (lower case): how an engine's block or challenge page is told apart."""
+    head = html[:head_chars].lower()
+    return any(marker in head for marker in markers)
+
+
+def outcome_of(
+    response: Response, status: SearchStatus, error: str | None = None
+) -> SearchOutcome:
+    """An outcome with no results yet, carrying where ``response`` came from
+    and lies in the archive."""
+    return SearchOutcome(
+        status,
+        error=error,
+        url=response.url,
+        location=response.location,
+        fetched=response.fetched,
+    )
 
 
 def with_exclusions(text: str, terms: tuple[str, ...]) -> str:

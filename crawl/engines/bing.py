@@ -17,11 +17,10 @@ from typing import Any
 from urllib.parse import urlencode
 
 from crawl.engines.base import (
-    DEFAULT_EXCLUDED_TERMS,
     ParsedResult,
     SearchOptions,
     WebEngine,
-    with_exclusions,
+    shows_marker,
 )
 from crawl.engines.markup import Element, parse_html
 
@@ -49,23 +48,19 @@ _DIMENSIONS = re.compile(r"(\d+)\s*[x×]\s*(\d+)")
 
 def results_url(text: str, options: SearchOptions) -> str:
     """The images results URL for a query, excluded terms appended as ``-term``."""
-    terms = options.excluded_terms
-    query = with_exclusions(text, DEFAULT_EXCLUDED_TERMS if terms is None else terms)
     params = {
-        "q": query,
+        "q": options.query(text),
         "form": "HDRSC2",
         "first": "1",
         "adlt": options.safe_search,
         "setlang": options.language,
     }
-    base = (options.base_url or BASE_URL).rstrip("/")
-    return f"{base}/images/search?{urlencode(params)}"
+    return f"{options.origin(BASE_URL)}/images/search?{urlencode(params)}"
 
 
 def is_blocked(html: str) -> bool:
     """Whether a page is Bing's challenge page instead of results."""
-    head = html[:200_000].lower()
-    return any(marker in head for marker in BLOCK_MARKERS)
+    return shows_marker(html, BLOCK_MARKERS)
 
 
 def parse(html: str) -> list[ParsedResult]:

@@ -24,7 +24,12 @@ from html.parser import HTMLParser
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
-from crawl.engines.base import ParsedResult, SearchOutcome, SearchStatus
+from crawl.engines.base import (
+    ParsedResult,
+    SearchOutcome,
+    SearchStatus,
+    outcome_of,
+)
 from crawl.web import Fetcher, Response
 
 log = logging.getLogger(__name__)
@@ -322,7 +327,7 @@ async def _gather(
             gathered.outcome = _noting(gathered.outcome, failure)
             break
 
-        gathered = gathered or _Gathered(_outcome(response, "ok"))
+        gathered = gathered or _Gathered(outcome_of(response, "ok"))
         merge_pages(gathered.pages, answer)
         for item in (answer.get("query") or {}).get("normalized") or []:
             gathered.normalized[item["from"]] = item["to"]
@@ -347,38 +352,26 @@ def _answer(response: Response) -> tuple[dict[str, Any], SearchOutcome | None]:
     "info"}}``; rate limiting and replication lag mean ``blocked``.
     """
     if response.status == 429:
-        return {}, _outcome(response, "blocked", "http_429 (rate limited)")
+        return {}, outcome_of(response, "blocked", "http_429 (rate limited)")
     if response.error is not None:
-        return {}, _outcome(response, "error", response.error)
+        return {}, outcome_of(response, "error", response.error)
     if not response.ok:
-        return {}, _outcome(response, "error", f"http_{response.status}")
+        return {}, outcome_of(response, "error", f"http_{response.status}")
     try:
         answer = json.loads(response.body)
     except ValueError as exc:
-        return {}, _outcome(response, "error", f"invalid_json: {exc}")
+        return {}, outcome_of(response, "error", f"invalid_json: {exc}")
     if not isinstance(answer, dict):
-        return {}, _outcome(response, "error", "invalid_json: not an object")
+        return {}, outcome_of(response, "error", "invalid_json: not an object")
 
     error = answer.get("error")
     if isinstance(error, Mapping):
         code = str(error.get("code", "unknown"))
         status: SearchStatus = "blocked" if code in _THROTTLE_CODES else "error"
-        return {}, _outcome(response, status, f"{code}: {error.get('info', '')}")
+        return {}, outcome_of(response, status, f"{code}: {error.get('info', '')}")
     if "warnings" in answer:
         log.debug("commons warnings for %s: %s", response.url, answer["warnings"])
     return answer, None
-
-
-def _outcome(
-    response: Response, status: SearchStatus, error: str | None = None
-) -> SearchOutcome:
-    return SearchOutcome(
-        status,
-        error=error,
-        url=response.url,
-        location=response.location,
-        fetched=response.fetched,
-    )
 
 
 def _noting(outcome: SearchOutcome, failure: SearchOutcome) -> SearchOutcome:

@@ -26,11 +26,10 @@ from urllib.parse import urlencode
 from crawl.engines.base import (
     CAPTURE_STATUS_ATTRIBUTE,
     CAPTURE_URL_ATTRIBUTE,
-    DEFAULT_EXCLUDED_TERMS,
     ParsedResult,
     SearchOptions,
     WebEngine,
-    with_exclusions,
+    shows_marker,
 )
 from crawl.engines.markup import parse_html
 
@@ -60,22 +59,20 @@ SAFE_SEARCH = {"strict": "1", "moderate": "-1", "off": "-2"}
 
 def results_url(text: str, options: SearchOptions) -> str:
     """The images results URL for a query, excluded terms appended as ``-term``."""
-    terms = options.excluded_terms
-    query = with_exclusions(text, DEFAULT_EXCLUDED_TERMS if terms is None else terms)
     params = {
-        "q": query,
+        "q": options.query(text),
         "iax": "images",
         "ia": "images",
         "kp": SAFE_SEARCH[options.safe_search],
         "kl": _region(options.language),
     }
-    return f"{(options.base_url or BASE_URL).rstrip('/')}/?{urlencode(params)}"
+    return f"{options.origin(BASE_URL)}/?{urlencode(params)}"
 
 
 def is_blocked(html: str) -> bool:
     """Whether a page shows DuckDuckGo's robot check, or an ``i.js`` answer
     captured from it was refused."""
-    if any(marker in html[:500_000].lower() for marker in BLOCK_MARKERS):
+    if shows_marker(html, BLOCK_MARKERS, head_chars=500_000):
         return True
     if html.lstrip().startswith("{"):
         return False

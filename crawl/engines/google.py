@@ -34,11 +34,10 @@ import re
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from crawl.engines.base import (
-    DEFAULT_EXCLUDED_TERMS,
     ParsedResult,
     SearchOptions,
     WebEngine,
-    with_exclusions,
+    shows_marker,
 )
 from crawl.engines.markup import Element, parse_html
 
@@ -85,19 +84,16 @@ _SCRIPT_ID = re.compile(r'"([\w-]{8,20})",\["https?:')
 
 def results_url(text: str, options: SearchOptions) -> str:
     """The images results URL for a query, excluded terms appended as ``-term``."""
-    terms = options.excluded_terms
-    query = with_exclusions(text, DEFAULT_EXCLUDED_TERMS if terms is None else terms)
-    params = {"q": query, "tbm": "isch", "hl": options.language}
+    params = {"q": options.query(text), "tbm": "isch", "hl": options.language}
     safe = SAFE_SEARCH[options.safe_search]
     if safe:
         params["safe"] = safe
-    return f"{(options.base_url or BASE_URL).rstrip('/')}/search?{urlencode(params)}"
+    return f"{options.origin(BASE_URL)}/search?{urlencode(params)}"
 
 
 def is_blocked(html: str) -> bool:
     """Whether a page is Google's "unusual traffic" check instead of results."""
-    head = html[:200_000].lower()
-    return any(marker in head for marker in BLOCK_MARKERS)
+    return shows_marker(html, BLOCK_MARKERS)
 
 
 def parse(html: str) -> list[ParsedResult]:

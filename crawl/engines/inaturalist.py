@@ -25,7 +25,12 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 from urllib.parse import quote, urlencode
 
-from crawl.engines.base import ParsedResult, SearchOutcome, SearchStatus
+from crawl.engines.base import (
+    ParsedResult,
+    SearchOutcome,
+    SearchStatus,
+    outcome_of,
+)
 from crawl.web import Fetcher, Response
 
 log = logging.getLogger(__name__)
@@ -319,9 +324,9 @@ def _answer(response: Response) -> tuple[dict[str, Any], SearchOutcome]:
     (``{"error": ..., "status": ...}``), whose message the outcome keeps.
     """
     if response.status == 429:
-        return {}, _outcome(response, "blocked", "http_429 (rate limited)")
+        return {}, outcome_of(response, "blocked", "http_429 (rate limited)")
     if response.error is not None:
-        return {}, _outcome(response, "error", response.error)
+        return {}, outcome_of(response, "error", response.error)
 
     try:
         answer = json.loads(response.body)
@@ -332,12 +337,12 @@ def _answer(response: Response) -> tuple[dict[str, Any], SearchOutcome]:
 
     if not response.ok:
         detail = f"http_{response.status}" + (f": {message}" if message else "")
-        return {}, _outcome(response, "error", detail)
+        return {}, outcome_of(response, "error", detail)
     if answer is None:
-        return {}, _outcome(response, "error", "invalid_json: not a JSON object")
+        return {}, outcome_of(response, "error", "invalid_json: not a JSON object")
     if message:
-        return {}, _outcome(response, "error", message)
-    return answer, _outcome(response, "ok")
+        return {}, outcome_of(response, "error", message)
+    return answer, outcome_of(response, "ok")
 
 
 def _error_message(error: Any) -> str:
@@ -349,15 +354,3 @@ def _error_message(error: Any) -> str:
             return str(original["error"])
         return str(error.get("message") or json.dumps(error))
     return str(error) if error else ""
-
-
-def _outcome(
-    response: Response, status: SearchStatus, error: str | None = None
-) -> SearchOutcome:
-    return SearchOutcome(
-        status,
-        error=error,
-        url=response.url,
-        location=response.location,
-        fetched=response.fetched,
-    )

@@ -13,12 +13,11 @@ import asyncio
 import html
 import json
 import socket
-import threading
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, quote, urlsplit
+from http.server import BaseHTTPRequestHandler
+from urllib.parse import quote, urlsplit
 
 import pytest
 
@@ -26,7 +25,7 @@ from crawl import browser
 from crawl.browser import BrowserConfig, EngineGate, check_engines, search_web
 from crawl.engines import bing
 from crawl.engines.base import SearchStatus
-from crawl.web import Location, Response
+from tests.crawl.fakes import FakeArchive, local_server, params_of
 
 
 def _chromium_or_skip() -> str:
@@ -147,7 +146,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
-        params = {name: values[0] for name, values in parse_qs(parts.query).items()}
+        params = params_of(self.path)
         self.server_state.hits[parts.path] += 1
         if parts.path == "/images/search":
             self._bing_search(params.get("q", ""))
@@ -198,52 +197,13 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # keep the test output quiet
 
 
-def serve_engines() -> tuple[ThreadingHTTPServer, EngineServer]:
-    """Start the engine-shaped server on 127.0.0.1 and an ephemeral port."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    state = EngineServer(base_url=f"http://127.0.0.1:{server.server_address[1]}")
-    _Handler.server_state = state
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, state
-
-
 @pytest.fixture
 def engines() -> Iterator[EngineServer]:
-    server, state = serve_engines()
-    yield state
-    server.shutdown()
-    server.server_close()
-
-
-# -- an archive in memory ---------------------------------------------------
-
-
-class FakeArchive:
-    """Keeps every record in a dict, keyed by URL; the last one wins."""
-
-    def __init__(self) -> None:
-        self.records: dict[str, Response] = {}
-
-    def record(
-        self,
-        url: str,
-        status: int,
-        headers: Mapping[str, str],
-        body: bytes,
-        *,
-        request_headers: Mapping[str, str] | None = None,
-    ) -> Location:
-        location = Location("fake.warc.gz", len(self.records))
-        self.records[url] = Response(
-            url, url, status, dict(headers), body, location=location, fetched="T"
-        )
-        return location
-
-    def lookup(self, url: str) -> Response | None:
-        return self.records.get(url)
-
-    def read(self, location: Location) -> Response:
-        return next(r for r in self.records.values() if r.location == location)
+    """The engine-shaped server on 127.0.0.1, and what it has seen."""
+    with local_server(_Handler) as base_url:
+        state = EngineServer(base_url=base_url)
+        _Handler.server_state = state
+        yield state
 
 
 def fast_config(state: EngineServer, tmp_path, **changes) -> BrowserConfig:

@@ -15,51 +15,20 @@ import bz2
 import copy
 import csv
 import json
-from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from crawl.engines import commons
 from crawl.engines.commons import CommonsConfig
-from crawl.web import Purpose, Response
 from tests.conftest import shared_file
+from tests.crawl.fakes import RecordedFetcher, answer, params_of
 
 RECORDED = "search/commons-api"
 
 
 def recorded(name: str) -> Any:
     return json.loads(shared_file(f"{RECORDED}/{name}").read_text(encoding="utf-8"))
-
-
-def answer(body: Any, status: int = 200) -> Response:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return Response(url="", final_url="", status=status, body=data, fetched="t")
-
-
-class RecordedFetcher:
-    """Answers requests in turn with recorded answers, keeping the URLs asked."""
-
-    def __init__(self, *answers: Response) -> None:
-        self.answers = list(answers)
-        self.asked: list[str] = []
-
-    async def fetch(
-        self,
-        url: str,
-        *,
-        purpose: Purpose = "image",
-        headers: Mapping[str, str] | None = None,
-    ) -> Response:
-        assert purpose == "api"
-        self.asked.append(url)
-        got = self.answers.pop(0)
-        return Response(url, url, got.status, got.headers, got.body, got.error)
-
-
-def params_of(url: str) -> dict[str, str]:
-    return {key: values[0] for key, values in parse_qs(urlsplit(url).query).items()}
 
 
 def example_page(**extmetadata: str) -> dict[str, Any]:

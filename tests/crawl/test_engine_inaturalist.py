@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-from collections.abc import Iterator, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
-import httpx
 import pytest
 
 from crawl.engines import inaturalist
 from crawl.engines.inaturalist import INaturalistConfig
-from crawl.web import Purpose, Response
 from tests.conftest import shared_file
+from tests.crawl.fakes import (
+    HttpFetcher,
+    RecordedFetcher,
+    answer,
+    local_server,
+    params_of,
+)
 
 CONFIG = INaturalistConfig()
 
@@ -25,35 +29,6 @@ CONFIG = INaturalistConfig()
 def recorded(name: str) -> Any:
     path = shared_file(f"search/inaturalist-api/v1/{name}")
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def answer(body: Any, status: int = 200) -> Response:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return Response(url="", final_url="", status=status, body=data, fetched="t")
-
-
-class RecordedFetcher:
-    """Answers requests in turn with recorded answers, keeping the URLs asked."""
-
-    def __init__(self, *answers: Response) -> None:
-        self.answers = list(answers)
-        self.asked: list[str] = []
-
-    async def fetch(
-        self,
-        url: str,
-        *,
-        purpose: Purpose = "image",
-        headers: Mapping[str, str] | None = None,
-    ) -> Response:
-        assert purpose == "api"
-        self.asked.append(url)
-        got = self.answers.pop(0)
-        return Response(url, url, got.status, got.headers, got.body, got.error)
-
-
-def params_of(url: str) -> dict[str, str]:
-    return {key: values[0] for key, values in parse_qs(urlsplit(url).query).items()}
 
 
 def test_urls_carry_name_rank_licenses_and_grade():
@@ -224,22 +199,6 @@ def test_a_failure_while_paging_keeps_the_first_results():
     assert "http_500" in (outcome.error or "")
 
 
-class HttpFetcher:
-    """A plain fetcher over HTTP, enough to talk to a local server."""
-
-    async def fetch(
-        self,
-        url: str,
-        *,
-        purpose: Purpose = "image",
-        headers: Mapping[str, str] | None = None,
-    ) -> Response:
-        async with httpx.AsyncClient(trust_env=False) as client:
-            got = await client.get(url)
-        lowered = {name.lower(): value for name, value in got.headers.items()}
-        return Response(url, str(got.url), got.status_code, lowered, got.content)
-
-
 @pytest.fixture
 def local_api() -> Iterator[tuple[str, list[str]]]:
     """A server on 127.0.0.1 answering /v1/taxa and /v1/observations with
@@ -262,14 +221,8 @@ def local_api() -> Iterator[tuple[str, list[str]]]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/v1", asked
-    finally:
-        server.shutdown()
-        server.server_close()
+    with local_server(Handler) as base_url:
+        yield f"{base_url}/v1", asked
 
 
 def test_a_configured_base_url_reaches_a_local_server(local_api):

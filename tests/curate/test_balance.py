@@ -9,7 +9,6 @@ found which image is what the rules decide about.
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,46 +22,28 @@ from curate.balance import (
     apply_label_rule,
     balance,
 )
-from kg.backend import EmbeddedGraph
 from kg.errors import ConfigError, InputError
-from kg.harvest import HarvestConfig, harvest
-from kg.ingest import IngestConfig, ingest
-from tests.conftest import shared_file
+from kg.harvest import HarvestConfig
 
 VEHICLE, TOOL, HOMO = "Q42889", "Q39546", "Q171283"
 SAPIENS, SAPIENS_SAPIENS = "Q15978631", "Q3238275"
 
 
-def harvested(store: Path, kind: str, roots: list[str]) -> list[dict]:
-    graph = EmbeddedGraph(store)
-    try:
-        table = harvest(graph, HarvestConfig(kind=kind, roots=roots), snapshot=None)
-    finally:
-        graph.close()
+@pytest.fixture(scope="module")
+def classes(harvest_dump) -> list[dict]:
+    """434 (entity, root) rows: the classes under vehicle and under tool."""
+    table = harvest_dump(
+        "wikidata/arnold-subgraph-truthy.nt.gz",
+        HarvestConfig(kind="classes", roots=[VEHICLE, TOOL]),
+    )
     return table.select(["qid", "root", "lineage"]).to_pylist()
 
 
 @pytest.fixture(scope="module")
-def classes(tmp_path_factory) -> list[dict]:
-    """434 (entity, root) rows: the classes under vehicle and under tool."""
-    store = tmp_path_factory.mktemp("arnold") / "kg"
-    ingest(
-        IngestConfig(
-            source=shared_file("wikidata/arnold-subgraph-truthy.nt.gz"), store=store
-        )
-    )
-    return harvested(store, "classes", [VEHICLE, TOOL])
-
-
-@pytest.fixture(scope="module")
-def taxa(tmp_path_factory) -> list[dict]:
-    store = tmp_path_factory.mktemp("onezoom") / "kg"
-    ingest(
-        IngestConfig(
-            source=shared_file("wikidata/onezoom-entities.json.bz2"), store=store
-        )
-    )
-    return harvested(store, "taxa", [HOMO])
+def taxa(onezoom_taxa: pa.Table) -> list[dict]:
+    """The (entity, root) rows of the taxa under Homo."""
+    rows = onezoom_taxa.select(["qid", "root", "lineage"]).to_pylist()
+    return [row for row in rows if row["root"] == HOMO]
 
 
 def found(image_id: str, entities: list[dict]) -> list[dict]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pyarrow as pa
 import pytest
 
@@ -20,38 +18,17 @@ from curate.captions import (
     web_texts,
 )
 from curate.records import PAIRS_SCHEMA
-from kg.backend import EmbeddedGraph
 from kg.errors import ConfigError
-from kg.harvest import ENTITY_SCHEMA, HarvestConfig, harvest
-from kg.ingest import IngestConfig, ingest
+from kg.harvest import ENTITY_SCHEMA
 
 HOMO, SAPIENS, SAPIENS_SAPIENS = "Q171283", "Q15978631", "Q3238275"
 MAMMALS, CARNIVORA = "Q7377", "Q25306"
 
 
-def harvest_onezoom(folder: Path) -> pa.Table:
-    """The taxa under Homo and under Mammalia, harvested from the real JSON dump."""
-    from tests.conftest import shared_file
-
-    store = folder / "kg"
-    ingest(
-        IngestConfig(
-            source=shared_file("wikidata/onezoom-entities.json.bz2"), store=store
-        )
-    )
-    graph = EmbeddedGraph(store)
-    try:
-        config = HarvestConfig(kind="taxa", roots=[HOMO, MAMMALS])
-        return harvest(graph, config, snapshot="2024-04-08")
-    finally:
-        graph.close()
-
-
 @pytest.fixture(scope="module")
-def entities(tmp_path_factory) -> pa.Table:
-    table = harvest_onezoom(tmp_path_factory.mktemp("onezoom"))
-    assert table.schema == ENTITY_SCHEMA
-    return table
+def entities(onezoom_taxa: pa.Table) -> pa.Table:
+    assert onezoom_taxa.schema == ENTITY_SCHEMA
+    return onezoom_taxa
 
 
 def by_qid(table: pa.Table) -> dict[str, dict]:

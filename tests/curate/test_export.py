@@ -20,7 +20,6 @@ from curate.export import ExportConfig, export_shards, sample_key
 from curate.records import IMAGES_SCHEMA, PAIRS_SCHEMA, SHARDS_SCHEMA
 from curate.splits import SplitConfig, assign_splits
 from kg.errors import InputError
-from tests.curate.test_captions import harvest_onezoom
 
 FLOWERS = ("daisy", "dandelion", "rose", "sunflower", "tulip")
 PER_FLOWER = 6
@@ -51,8 +50,8 @@ def photos() -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def entities(tmp_path_factory) -> pa.Table:
-    return harvest_onezoom(tmp_path_factory.mktemp("onezoom"))
+def entities(onezoom_taxa: pa.Table) -> pa.Table:
+    return onezoom_taxa
 
 
 @pytest.fixture(scope="module")
