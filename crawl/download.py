@@ -41,7 +41,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import yarl
 
 from crawl.archive import GIB, WarcArchive
 from crawl.fetch import FetchConfig, HttpFetcher, is_retryable
@@ -74,8 +73,12 @@ class DownloadConfig:
         recover: build rows from the archive for URLs answered but not
             written before a kill, instead of fetching them again.
         warc_max_bytes: WARC files rotate past this size.
-        warc_compress_level: gzip level of WARC records (images hardly
-            shrink; a low level saves CPU).
+        warc_compress_level: gzip level of the WARC records of answers that
+            are not images (robots.txt, error pages).
+        warc_image_compress_level: gzip level of the records of image
+            answers; 0 stores them: image formats are compressed already
+            (flowers5's JPEGs shrink 12% at level 6), and deflating costs more
+            CPU than the rest of writing the record.
     """
 
     fetch: FetchConfig = field(default_factory=FetchConfig)
@@ -86,6 +89,7 @@ class DownloadConfig:
     recover: bool = True
     warc_max_bytes: int = GIB
     warc_compress_level: int = 6
+    warc_image_compress_level: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.fetch, Mapping):  # a nested group, as Hydra hands it
@@ -201,10 +205,13 @@ def _interleave_hosts(todo: list[tuple[str, int]]) -> list[tuple[str, int]]:
 
 
 def _host(url: str) -> str:
-    try:
-        return yarl.URL(url).host or ""
-    except ValueError:
-        return ""
+    # The authority (host and port, as the fetcher's gates count hosts) cut
+    # out of the text: parsing every URL would cost more than the ordering
+    # is worth.
+    authority = url.partition("://")[2]
+    for mark in "/?#":
+        authority = authority.partition(mark)[0]
+    return authority.rpartition("@")[2].lower()
 
 
 # -- doing it ---------------------------------------------------------------
@@ -247,6 +254,7 @@ async def _download(
         writer_id=partition,
         max_file_bytes=config.warc_max_bytes,
         compress_level=config.warc_compress_level,
+        image_compress_level=config.warc_image_compress_level,
     )
     writer = PartWriter(out_dir / DOWNLOADS_DIR, partition, config.batch_rows)
     tally = _Tally()
@@ -258,7 +266,7 @@ async def _download(
                 replayer = HttpFetcher(replay_config, archive)
 
             async def one(url: str, attempts: int) -> None:
-                response = await _fetch_one(url, fetcher, replayer, tally)
+                response = await _fetch_one(url, fetcher, replayer, archive, tally)
                 tally.add(response)
                 writer.add(download_row(response, attempts))
 
@@ -270,9 +278,15 @@ async def _download(
 
 
 async def _fetch_one(
-    url: str, fetcher: HttpFetcher, replayer: HttpFetcher | None, tally: _Tally
+    url: str,
+    fetcher: HttpFetcher,
+    replayer: HttpFetcher | None,
+    archive: WarcArchive,
+    tally: _Tally,
 ) -> Response:
-    if replayer is not None:
+    # Most URLs were never answered: a look at the archive's index is enough
+    # to know, where a replay would check the URL and its robots.txt first.
+    if replayer is not None and url in archive:
         recorded = await replayer.fetch(url)
         if recorded.error != "not_in_archive" and not is_retryable(recorded.error):
             tally.num_recovered += 1
@@ -290,42 +304,40 @@ async def _run_all(
     """Run ``one`` on every item, at most ``max_in_flight`` at once, writing a
     part whenever the oldest unwritten row is ``batch_s`` old.
 
+    ``max_in_flight`` workers take the items in order, one after another: a
+    task per item, and a semaphore to wake the loop that starts them, cost
+    more than the rest of the stage's own work for a small image.
+
     A failed URL is a row, not an exception; an exception here means the
     stage cannot go on (the archive cannot be written): the URLs in flight
     are cancelled and the exception is raised.
     """
-    slots = asyncio.Semaphore(config.max_in_flight)
-    pending: set[asyncio.Task[None]] = set()
-    failures: list[BaseException] = []
+    items = iter(work)
     num_done = 0
 
-    def finished(task: asyncio.Task[None]) -> None:
+    async def worker() -> None:
         nonlocal num_done
-        pending.discard(task)
-        slots.release()
-        num_done += 1
-        if not task.cancelled() and task.exception() is not None:
-            failures.append(task.exception())  # type: ignore[arg-type]
-        if progress is not None:
-            progress(num_done, len(work))
+        for url, attempts in items:
+            await one(url, attempts)
+            num_done += 1
+            if progress is not None:
+                progress(num_done, len(work))
 
+    num_workers = min(config.max_in_flight, len(work))
+    if num_workers == 0:
+        return
+    workers = [asyncio.create_task(worker()) for _ in range(num_workers)]
     ticker = asyncio.create_task(_flush_every(writer, config.batch_s))
     try:
-        for url, attempts in work:
-            await slots.acquire()
-            if failures:
-                break
-            task = asyncio.create_task(one(url, attempts))
-            pending.add(task)
-            task.add_done_callback(finished)
-        if pending and not failures:
-            await asyncio.wait(set(pending), return_when=asyncio.FIRST_EXCEPTION)
+        done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
     finally:
         ticker.cancel()
-        for task in list(pending):
+        for task in workers:
             task.cancel()
-    if failures:
-        raise failures[0]
+    for task in done:
+        failure = None if task.cancelled() else task.exception()
+        if failure is not None:
+            raise failure
 
 
 async def _flush_every(writer: PartWriter, batch_s: float) -> None:

@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from protego import Protego
@@ -123,30 +123,43 @@ def _parse_network(text: str) -> IPNetwork:
 class HostGate:
     """At most ``max_concurrent`` requests to one host, starts ``delay_s`` apart.
 
-    A request first takes one of the host's slots, then waits until the host's
-    next start time; so a slow host holds its own slots, never the crawl's.
+    A request takes one of the host's slots (:meth:`slot`), then one of the
+    crawl's connection slots, and only then waits for its turn on the host
+    (:meth:`turn`), right before it is sent. So a slow host holds its own
+    slots, never the crawl's, and the spacing holds when requests are sent: a
+    turn taken before waiting for a crawl-wide slot would let requests whose
+    turns were spaced leave together once slots free up.
+
+    Turns are kept without a lock: a waiter books the next free time (so
+    waiters wake one delay apart, in order of arrival), and on waking checks
+    the time since the host's last start, which a late wake-up or a
+    ``Retry-After`` may have moved, sleeping again when it is too soon.
     """
 
     def __init__(self, max_concurrent: int, delay_s: float) -> None:
         self._slots = asyncio.Semaphore(max_concurrent)
         self._delay_s = delay_s
-        self._next_start = 0.0
-        self._lock = asyncio.Lock()
+        self._booked = -math.inf  # the latest time booked for a start
+        self._last_start = -math.inf  # when the latest request started
+        self._not_before = -math.inf  # nothing starts before this (Retry-After)
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        async with self._slots:
-            await self._wait_turn()
-            yield
+    def slot(self) -> asyncio.Semaphore:
+        """One of the host's connection slots: ``async with gate.slot():``."""
+        return self._slots
 
-    async def _wait_turn(self) -> None:
-        # The lock makes waiters take turns in arrival order, each moving the
-        # next start on by the delay.
-        async with self._lock:
-            wait_s = self._next_start - time.monotonic()
-            if wait_s > 0:
-                await asyncio.sleep(wait_s)
-            self._next_start = time.monotonic() + self._delay_s
+    async def turn(self) -> None:
+        """Wait until a request may start on this host; it counts as started
+        when this returns."""
+        now = time.monotonic()
+        booked = max(now, self._booked + self._delay_s)
+        self._booked = booked
+        while True:
+            start = max(booked, self._last_start + self._delay_s, self._not_before)
+            if start <= now:
+                break
+            await asyncio.sleep(start - now)
+            now = time.monotonic()
+        self._last_start = now
 
     def slow_down(self, delay_s: float) -> None:
         """Raise the spacing between starts (a robots.txt Crawl-delay)."""
@@ -154,7 +167,7 @@ class HostGate:
 
     def defer(self, wait_s: float) -> None:
         """Start nothing on this host for ``wait_s`` seconds (a Retry-After)."""
-        self._next_start = max(self._next_start, time.monotonic() + wait_s)
+        self._not_before = max(self._not_before, time.monotonic() + wait_s)
 
 
 def x_robots_opt_out(

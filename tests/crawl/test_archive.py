@@ -233,3 +233,64 @@ def test_decode_body_passes_bodies_that_are_not_encoded() -> None:
     assert decode_body("br", payload) == payload
     assert decode_body("gzip", gzip.compress(payload)) == payload
     assert len(decode_body("gzip", gzip.compress(bytes(10_000)), 100)) == 101
+
+
+def test_image_records_are_stored_and_every_digest_checks_out(
+    tmp_path: Path, images: list[bytes]
+) -> None:
+    # The records are written by hand, not by warcio: warcio must read them
+    # and find their SHA-1 digests right. Images are stored (gzip level 0,
+    # blocks of at most 64 KiB; the rocket is 400 kB), other answers deflated.
+    folder = tmp_path / "archive"
+    request = {"User-Agent": "kgclip/0.1 (+mailto:a@example.org)"}
+    page = b"<html>" + b"<p>the same words again</p>" * 500 + b"</html>"
+    with WarcArchive(folder) as archive:
+        for i, body in enumerate([*images, b""]):
+            url = f"http://example.org/{i}.jpg"
+            archive.record(url, 200, JPEG_HEADERS, body, request_headers=request)
+        archive.record(
+            "http://example.org/page", 200, {"content-type": "text/html"}, page
+        )
+
+    (path,) = folder.glob("*.warc.gz")
+    with open(path, "rb") as stream:
+        records = ArchiveIterator(stream, check_digests="raise")
+        contents = [(r.rec_type, r.content_stream().read()) for r in records]
+    responses = [content for kind, content in contents if kind == "response"]
+    assert responses == [*images, b"", page]
+    assert len(contents) == 2 * len(images) + 3
+
+    members = _members_of(path)
+    for member in members[: 2 * len(images) + 2]:
+        # stored: 18 bytes of gzip header and trailer, 5 per block of 64 KiB
+        stored = gzip.decompress(member)
+        num_blocks = len(stored) // 65_535 + 1
+        assert len(member) == len(stored) + 18 + 5 * num_blocks
+    assert len(members[-1]) < len(page) // 10  # the page was deflated
+
+
+def _members_of(path: Path) -> list[bytes]:
+    with open(path, "rb") as stream:
+        records = ArchiveIterator(stream)
+        offsets = [records.get_record_offset() for _ in records]
+    data = path.read_bytes()
+    return [data[a:b] for a, b in zip(offsets, [*offsets[1:], len(data)], strict=True)]
+
+
+def test_headers_and_urls_beyond_ascii_are_stored_as_they_came(tmp_path: Path) -> None:
+    # aiohttp hands header bytes decoded as UTF-8 with surrogateescape; they go
+    # back to the archive as the bytes the server sent, whatever they were.
+    folder = tmp_path / "archive"
+    url = "http://example.org/fleurs/rosé.jpg"
+    headers = {"Content-Type": "image/jpeg", "X-Title": "Rosé", "X-Raw": "caf\udce9"}
+    with WarcArchive(folder) as archive:
+        location = archive.record(
+            url, 200, headers, b"\xff\xd8\xff", request_headers={"Accept": "*/*"}
+        )
+
+    (path,) = folder.glob("*.warc.gz")
+    plain = gzip.decompress(path.read_bytes())
+    assert b"X-Title: Ros\xc3\xa9\r\n" in plain and b"X-Raw: caf\xe9\r\n" in plain
+    assert b"GET /fleurs/ros%C3%A9.jpg\r\n" in plain  # the target as sent
+    response = WarcArchive(folder).read(location)
+    assert response.url == url and response.headers["x-title"] == "Rosé"

@@ -431,6 +431,28 @@ def test_requests_to_one_host_start_the_delay_apart(
     assert web.hits(1, "/images/")[0].started < starts[2]
 
 
+def test_the_delay_holds_when_the_crawl_wide_limit_is_the_bottleneck(
+    web: FixtureWeb, make_config: ConfigMaker, archive: WarcArchive
+) -> None:
+    # A slow answer on site 1 holds the crawl's only connection while two
+    # requests to site 0 wait for it, holding site 0's two slots. When the
+    # connection frees, they must still leave the delay apart: a turn on the
+    # host taken while waiting for the connection would let them go together.
+    slow = web.url(f"/slow/hold-{time.time_ns()}?delay=0.8", site=1)
+    images = [web.url(f"/images/{p}") for p in web.image_paths()[:4]]
+    config = make_config(max_connections=1, per_host_connections=2, host_delay_s=0.3)
+    responses = fetch_all(config, archive, [slow, *images])
+
+    assert all(r.ok for r in responses)
+    starts = sorted(h.started for h in web.hits(0))  # robots.txt and 4 images
+    assert len(starts) == 5
+    # the slow answer did hold the connection while site 0's requests waited
+    (held,) = web.hits(1, "/slow/")
+    assert held.ended is not None and starts[1] >= held.ended - 0.05
+    # measured on arrival, so a new connection may make one gap a little short
+    assert min(b - a for a, b in itertools.pairwise(starts)) >= 0.25
+
+
 # -- replay -----------------------------------------------------------------
 
 
