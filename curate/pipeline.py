@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -31,6 +32,7 @@ from crawl.search import read_results
 from crawl.web import Location
 from curate.balance import BalanceConfig, LabelConfig, apply_label_rule, balance
 from curate.captions import CaptionConfig, caption_pairs
+from curate.clip_filter import ClipFilterConfig, ClipScorer, keep
 from curate.datasheet import write_datasheet
 from curate.dedup import (
     DedupConfig,
@@ -72,6 +74,7 @@ class CurateConfig:
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     captions: CaptionConfig = field(default_factory=CaptionConfig)
     splits: SplitConfig = field(default_factory=SplitConfig)
+    clip_filter: ClipFilterConfig = field(default_factory=ClipFilterConfig)
     evaluation_sets: dict[str, str] = field(default_factory=dict)
     processes: int | None = None
 
@@ -115,6 +118,9 @@ def curate(
     results = read_results(run_dir)
     pairs = _pairs_table(pairs, images, found, entities)
     pairs = caption_pairs(pairs, entities, results, config.captions)
+    if config.clip_filter.enabled:
+        pairs = _clip_filtered(run_dir, pairs, images, config.clip_filter, drops)
+        steps["pairs after clip filter"] = pairs.num_rows
     pairs, split_counts = assign_splits(pairs, config.splits)
     drops["shared_across_splits"] = split_counts.get("shared_across_splits", 0)
     for split in ("train", "val", "test"):
@@ -194,6 +200,39 @@ def _archived_bytes(
         for row in rows:
             answer = archive.read(Location(row["warc_file"], row["warc_offset"]))
             yield row["image_id"], answer.body
+
+
+def _clip_filtered(
+    run_dir: Path,
+    pairs: pa.Table,
+    images: pa.Table,
+    config: ClipFilterConfig,
+    drops: dict[str, int],
+    chunk: int = 1024,
+) -> pa.Table:
+    """The pairs whose image and default caption score at least the threshold."""
+    scorer = ClipScorer.load(config)
+    where = {
+        row["image_id"]: row
+        for row in images.select(["image_id", "warc_file", "warc_offset"]).to_pylist()
+    }
+    ids = pairs.column("image_id").to_pylist()
+    captions = pairs.column("caption").to_pylist()
+    scores = np.empty(len(ids), dtype=np.float32)
+    for start in range(0, len(ids), chunk):  # a chunk's bytes in memory at a time
+        part = ids[start : start + chunk]
+        data = dict(_archived_bytes(run_dir, [where[i] for i in dict.fromkeys(part)]))
+        scores[start : start + chunk] = scorer.score(
+            [data[i] for i in part], captions[start : start + chunk]
+        )
+    passed = keep(scores, config.threshold)
+    drops["clip_score_below_threshold"] = int((~passed).sum())
+    log.info(
+        "clip filter: %d of %d pairs score below %.3f (median score %.3f)",
+        int((~passed).sum()), len(ids), config.threshold,
+        float(np.nanmedian(scores)) if len(ids) else float("nan"),
+    )  # fmt: skip
+    return pairs.filter(pa.array(passed))
 
 
 def _decontaminate(

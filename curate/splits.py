@@ -20,6 +20,13 @@ was assigned before, and a rerun gives the same splits.
 ``held_out`` names QIDs whose whole subtrees go to test in every mode, on top
 of the hash.
 
+A small run could hash no key at all to val or test, leaving nothing to
+evaluate. ``min_held_out`` keys go to each held-out split with a fraction
+above 0 regardless: when the hash gave it fewer, the train keys with the
+highest hash (the nearest to the held-out range) move over, val first. This
+touches only runs of a few dozen keys (a split expects keys x fraction), and
+the moves are logged.
+
 Two rules keep held-out data out of training:
 
 - In ``entity`` and ``subtree`` modes an entity harvested under several roots
@@ -67,6 +74,8 @@ class SplitConfig:
             the root names the subtree; entities higher up are their own key.
         held_out: QIDs whose subtrees (the QID and everything under it) go
             wholly to test, whatever the mode.
+        min_held_out: keys that val and test (where their fraction is above
+            0) hold at least, taken from train in a small run; 0 turns it off.
     """
 
     mode: str = "image"
@@ -76,29 +85,34 @@ class SplitConfig:
     seed: str = "kgclip"
     subtree_depth: int = 1
     held_out: list[str] = field(default_factory=list)
+    min_held_out: int = 1
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the bad setting."""
         if self.mode not in MODES:
             raise ConfigError(
-                f"curate.split.mode={self.mode!r} is not known; use one of "
+                f"curate.splits.mode={self.mode!r} is not known; use one of "
                 f"{', '.join(MODES)}"
             )
         fractions = (self.train, self.val, self.test)
         if min(fractions) < 0 or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
             raise ConfigError(
-                "curate.split.train/val/test must be fractions of at least 0 that "
+                "curate.splits.train/val/test must be fractions of at least 0 that "
                 f"sum to 1; got {self.train}/{self.val}/{self.test}"
             )
         if self.subtree_depth < 1:
             raise ConfigError(
-                f"curate.split.subtree_depth={self.subtree_depth} must be at least 1 "
+                f"curate.splits.subtree_depth={self.subtree_depth} must be at least 1 "
                 "(1: the root's children name the subtrees)"
+            )
+        if self.min_held_out < 0:
+            raise ConfigError(
+                f"curate.splits.min_held_out={self.min_held_out} must be 0 or more"
             )
         for qid in self.held_out:
             if not (qid[:1] == "Q" and qid[1:].isdigit()):
                 raise ConfigError(
-                    f"{qid!r} in curate.split.held_out is not a Wikidata item id "
+                    f"{qid!r} in curate.splits.held_out is not a Wikidata item id "
                     "such as Q5113"
                 )
 
@@ -156,12 +170,15 @@ def assign_splits(
     held_out = set(config.held_out)
 
     # The hash, then the held-out subtrees on top.
-    splits = [
-        "test"
-        if held_out.intersection(lineage or [qid])
-        else split_of(split_key(image_id, qid, lineage or [], config), config)
+    keys = [
+        split_key(image_id, qid, lineage or [], config)
         for image_id, qid, lineage in rows
     ]
+    splits = [
+        "test" if held_out.intersection(lineage or [qid]) else split_of(key, config)
+        for key, (_, qid, lineage) in zip(keys, rows, strict=True)
+    ]
+    splits = _fill_held_out(splits, keys, config)
 
     # One entity, one split, when entities are what is held out.
     if config.mode != "image":
@@ -184,6 +201,38 @@ def assign_splits(
     table = table.filter(pa.array(kept, pa.bool_()))
     log.info("split %d pairs: %s", table.num_rows, _count_line(table, num_dropped))
     return table, {"shared_across_splits": num_dropped}
+
+
+def _fill_held_out(
+    splits: list[str], keys: list[str], config: SplitConfig
+) -> list[str]:
+    """Move train keys to val and test until each holds ``min_held_out`` keys."""
+    by_key: dict[str, str] = {}
+    for split, key in zip(splits, keys, strict=True):
+        if _SEVERITY[split] > _SEVERITY[by_key.get(key, "train")]:
+            by_key[key] = split
+        else:
+            by_key.setdefault(key, split)
+    # the train keys nearest the held-out range first
+    train = sorted(
+        (key for key, split in by_key.items() if split == "train"),
+        key=lambda key: hash_unit(config.seed, key),
+        reverse=True,
+    )
+    moved: dict[str, str] = {}
+    for name, fraction in (("val", config.val), ("test", config.test)):
+        have = sum(split == name for split in by_key.values())
+        while fraction > 0 and have < config.min_held_out and len(train) > 1:
+            moved[train.pop(0)] = name
+            have += 1
+    if not moved:
+        return splits
+    log.info(
+        "a small run: %d keys moved from train to %s to hold out "
+        "curate.splits.min_held_out=%d each",
+        len(moved), "/".join(sorted(set(moved.values()))), config.min_held_out,
+    )  # fmt: skip
+    return [moved.get(key, split) for split, key in zip(splits, keys, strict=True)]
 
 
 def _most_held_out(splits: list[str], groups: list[str]) -> list[str]:

@@ -129,9 +129,29 @@ def test_an_entity_under_two_roots_and_a_shared_image_stay_out_of_train():
 
 
 def test_bad_split_settings_name_the_key():
-    with pytest.raises(ConfigError, match=r"split\.mode"):
+    with pytest.raises(ConfigError, match=r"splits\.mode"):
         SplitConfig(mode="random").validate()
     with pytest.raises(ConfigError, match=r"sum to 1"):
         SplitConfig(train=0.9, val=0.1, test=0.1).validate()
     with pytest.raises(ConfigError, match=r"'birds'.*held_out"):
         SplitConfig(held_out=["birds"]).validate()
+    with pytest.raises(ConfigError, match=r"splits\.min_held_out=-1"):
+        SplitConfig(min_held_out=-1).validate()
+
+
+@pytest.mark.parametrize("mode", ["image", "entity"])
+def test_a_small_run_still_holds_out_val_and_test(mode):
+    pairs = make_pairs(6, 2)  # 12 images of 6 entities
+    hashed, _ = assign_splits(pairs, SplitConfig(mode=mode, min_held_out=0))
+    counts = Counter(hashed.column("split").to_pylist())
+    assert counts["val"] + counts["test"] < 2  # the hash alone leaves one empty
+
+    filled, _ = assign_splits(pairs, SplitConfig(mode=mode))
+    splits = Counter(filled.column("split").to_pylist())
+    assert splits["val"] >= 1 and splits["test"] >= 1 and splits["train"] >= 1
+    # only train keys moved: what the hash held out stays where it was
+    before, after = assignments(hashed), assignments(filled)
+    assert all(after[key] == split for key, split in before.items() if split != "train")
+    # a split with no fraction stays empty
+    none, _ = assign_splits(pairs, SplitConfig(mode=mode, train=0.95, val=0.05, test=0))
+    assert "test" not in none.column("split").to_pylist()
