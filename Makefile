@@ -32,7 +32,7 @@ lint: $(STAMP)
 test: lint browser
 	$(BIN)/pytest
 
-bench: bench-kg bench-curate-images bench-curate-dedup bench-crawl
+bench: bench-kg bench-curate-images bench-curate-dedup bench-crawl bench-train
 
 bench-kg: $(STAMP)
 	$(BIN)/python benchmarks/bench_kg.py
@@ -47,6 +47,9 @@ bench-curate-dedup: $(STAMP)
 # benchmark says so and measures kgclip alone. Chromium is for the result pages.
 bench-crawl: $(STAMP) browser
 	$(BIN)/python benchmarks/bench_crawl.py
+
+bench-train: $(STAMP)
+	$(BIN)/python benchmarks/bench_train.py
 
 clean:
 	rm -rf runs multirun outputs .pytest_cache .mypy_cache .ruff_cache

@@ -42,21 +42,32 @@ def test_main_job_runs_every_stage_on_bundled_defaults(main_run):
     run_dir, done = main_run
     output = done.stdout + done.stderr
     assert "stage=ingest status=done" in output
-    assert "stage=harvest status=done entities=740" in output  # 102 + 306 + 332
+    # the paper's 21 roots over the bundled excerpt
+    assert "stage=harvest status=done entities=6242" in output
     runs = stage_runs(run_dir)
     assert [(stage, status) for stage, status, _ in runs] == [
-        ("ingest", "done"),
-        ("harvest", "done"),
-        ("queries", "done"),
-        ("search", "done"),
-        ("download", "done"),
-    ]
-    assert json.loads(runs[0][2])["lines"] == 383_120
+        (stage, "done")
+        for stage in ("ingest", "harvest", "queries", "search", "download",
+                      "curate", "export", "train", "evaluate")
+    ]  # fmt: skip
+    counts = {stage: json.loads(text) for stage, _, text in runs}
+    assert counts["ingest"]["lines"] == 383_120
     with duckdb.connect(str(run_dir / "catalog.duckdb"), read_only=True) as con:
         count = con.execute("SELECT count(*) FROM entities WHERE root = 'Q42889'")
-        assert count.fetchone() == (102,)
+        assert count.fetchone() == (97,)  # 102 vehicle classes less 5 fictional ones
         label = con.execute("SELECT label FROM entities WHERE qid = 'Q42889'")
         assert label.fetchone() == ("vehicle",)
+
+    # every bundled photo found is curated, split and trained on
+    curated = counts["curate"]
+    assert curated["images_downloaded"] == counts["download"]["num_ok"] >= 5
+    assert min(curated[f"pairs_in_{split}"] for split in ("train", "val", "test")) >= 1
+    assert counts["train"]["steps"] == 200
+    report = json.loads((run_dir / "train/report/report.json").read_text())
+    assert report["latest"]["images"] == counts["evaluate"]["images"] >= 1
+    assert report["latest"]["source"] == "shards/test"
+    for name in ("report.md", "loss.png", "accuracy.png"):
+        assert (run_dir / "train/report" / name).stat().st_size > 0
 
 
 def test_rerun_reopens_the_store_and_skips_the_ingest(main_run):
@@ -78,13 +89,16 @@ def test_cfg_job_and_help_work_as_in_hydra(tmp_path):
     done = kgclip("harvest", "harvest=world", "--cfg", "job")
     assert "Q13226383" in done.stdout and "stage: harvest" in done.stdout
     helped = kgclip("harvest", "--help")
-    assert "Stages: ingest, harvest" in helped.stdout
+    assert "Stages: ingest, harvest, queries, search, download, curate" in (
+        helped.stdout
+    )
     assert "harvest: classes, taxa, world" in helped.stdout
 
 
 def test_multirun_sweeps_roots(tmp_path):
     store = tmp_path / "shared-kg"
-    done = kgclip("run", "--multirun", "harvest.roots=[Q42889],[Q39546]",
+    done = kgclip("run", "run.until=harvest", "--multirun", "harvest=classes",
+                  "harvest.roots=[Q42889],[Q39546]",
                   f"run.dir={tmp_path}/" + "run-${hydra:job.num}",
                   f"kg.store={store}", f"hydra.sweep.dir={tmp_path}/sweep")  # fmt: skip
     output = done.stdout + done.stderr
@@ -104,6 +118,18 @@ def test_bad_input_is_a_clear_error_recorded_as_failed(tmp_path):
     assert "dump file not found" in output and "kg.source" in output
     assert "Traceback" not in output
     assert stage_runs(tmp_path)[-1][:2] == ("ingest", "failed")
+
+
+def test_run_until_stops_after_the_named_stage(tmp_path):
+    kgclip("run", "run.until=queries", f"run.dir={tmp_path}")
+    assert [stage for stage, _, _ in stage_runs(tmp_path)] == [
+        "ingest",
+        "harvest",
+        "queries",
+    ]
+    done = kgclip("run", "run.until=crawl", f"run.dir={tmp_path}", check=False)
+    assert done.returncode == 2
+    assert "run.until=crawl is not a stage" in done.stdout + done.stderr
 
 
 def test_unknown_stage_lists_the_stages():

@@ -30,6 +30,10 @@ ORDER = [
     "queries",
     "search",
     "download",
+    "curate",
+    "export",
+    "train",
+    "evaluate",
 ]  # `kgclip run` runs these, in this order
 FLAGS = {"--dry-run": "dry_run=true", "--check-engines": "check_engines=true"}
 # Hydra options followed by a value, and the values --info may take.
@@ -106,13 +110,24 @@ def _split_hydra_args(args: list[str]) -> tuple[list[str], list[str]]:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     logging.getLogger().setLevel(str(cfg.run.log_level).upper())
-    stages = ORDER if cfg.stage == "run" else [str(cfg.stage)]
+    stages = _run_order(cfg) if cfg.stage == "run" else [str(cfg.stage)]
     try:
         for stage in stages:
             run_stage(cfg, stage)
     except KgclipError as error:
         log.error("%s", error)
         raise SystemExit(2) from None
+
+
+def _run_order(cfg: DictConfig) -> list[str]:
+    """The stages of ``kgclip run``: all of them, or up to ``run.until``."""
+    until = cfg.run.get("until")
+    if until is None:
+        return ORDER
+    if until not in ORDER:
+        log.error("run.until=%s is not a stage; use one of %s", until, ", ".join(ORDER))
+        raise SystemExit(2)
+    return ORDER[: ORDER.index(str(until)) + 1]
 
 
 def run_stage(cfg: DictConfig, stage: str) -> dict:

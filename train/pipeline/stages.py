@@ -28,6 +28,7 @@ from crawl.fetch import FetchConfig
 from crawl.search import SearchConfig, pending_queries, read_results, search_partitioned
 from curate.balance import BalanceConfig, LabelConfig
 from curate.captions import CaptionConfig
+from curate.clip_filter import ClipFilterConfig
 from curate.dedup import DedupConfig
 from curate.export import ExportConfig
 from curate.images import ImageConfig, ResizeConfig
@@ -307,6 +308,7 @@ def curate_config(cfg: DictConfig) -> CurateConfig:
         "balance": BalanceConfig,
         "captions": CaptionConfig,
         "splits": SplitConfig,
+        "clip_filter": ClipFilterConfig,
     }
     settings: dict[str, Any] = {
         name: _dataclass(cls, section[name], f"curate.{name}")
@@ -351,6 +353,26 @@ def run_export(cfg: DictConfig, catalog: Catalog) -> Counts:
     return counts
 
 
+def run_train(cfg: DictConfig, catalog: Catalog) -> Counts:
+    """``kgclip train``: a CLIP model on the run's shards, under DIR/train."""
+    from train.trainer import fit  # torch loads only for the stages that need it
+
+    if cfg.dry_run:
+        sys.stdout.write(OmegaConf.to_yaml(cfg.train))
+        return {"dry_run": True}
+    return fit(cfg.train, catalog.run_dir)
+
+
+def run_evaluate(cfg: DictConfig, catalog: Catalog) -> Counts:
+    """``kgclip evaluate``: zero-shot and retrieval; the report in DIR/train."""
+    from train.evaluate import run
+
+    if cfg.dry_run:
+        sys.stdout.write(OmegaConf.to_yaml(cfg.train.evaluate))
+        return {"dry_run": True}
+    return run(cfg.train, catalog.run_dir)
+
+
 STAGES: dict[str, Stage] = {
     "ingest": run_ingest,
     "harvest": run_harvest,
@@ -359,4 +381,6 @@ STAGES: dict[str, Stage] = {
     "download": run_download,
     "curate": run_curate,
     "export": run_export,
+    "train": run_train,
+    "evaluate": run_evaluate,
 }
