@@ -111,6 +111,7 @@ class ShardSource(IterableDataset):
         epoch: SharedEpoch,
         resampled: bool,
         cycle: bool = False,
+        split_ranks: bool = True,
     ) -> None:
         super().__init__()
         self.urls = list(urls)
@@ -118,6 +119,7 @@ class ShardSource(IterableDataset):
         self.epoch = epoch
         self.resampled = resampled
         self.cycle = cycle  # pass after pass, each in a new order (train only)
+        self.split_ranks = split_ranks  # a share per rank, or all to each (val)
 
     def __iter__(self) -> Iterator[dict[str, str]]:
         rank, world_size, worker, num_workers = wds.utils.pytorch_worker_info()
@@ -135,7 +137,8 @@ class ShardSource(IterableDataset):
                 urls = list(self.urls)
                 suffix = f":{rep}" if rep else ""
                 random.Random(f"{self.seed}:{epoch}{suffix}").shuffle(urls)
-                for url in urls[rank::world_size][worker::num_workers]:
+                share = urls[rank::world_size] if self.split_ranks else urls
+                for url in share[worker::num_workers]:
                     yield {"url": url}
                 if not self.cycle:
                     return
@@ -242,7 +245,12 @@ def pipeline(
 ) -> wds.DataPipeline:
     """The webdataset pipeline of one split, batched inside the loader process."""
     stages: list[Any] = [
-        ShardSource(urls, decoder.seed, decoder.epoch, resampled and train, train),
+        # Validation reads the whole split on every rank: each computes the
+        # same figures, and no rank waits in a collective for another that
+        # ran out of val shards.
+        ShardSource(
+            urls, decoder.seed, decoder.epoch, resampled and train, train, train
+        ),
         wds.tarfile_to_samples(handler=log_and_skip),
     ]
     if train and shuffle_buffer > 1:
@@ -329,13 +337,12 @@ class ShardDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         urls = split_urls(self.shards, "val")
-        world_size = self.trainer.world_size if self.trainer else 1
-        workers = min(self.config.workers, max(1, len(urls) // world_size))
+        workers = min(self.config.workers, len(urls))
         max_batches = None
         if self.config.val_samples:
-            # the limit holds per loader process and rank
+            # the limit holds per loader process; every rank reads the same
             batches = math.ceil(self.config.val_samples / self.config.batch_size)
-            max_batches = math.ceil(batches / max(1, workers) / world_size)
+            max_batches = math.ceil(batches / max(1, workers))
         dataset = pipeline(
             urls,
             self._decoder(self.parts.preprocess_val, train=False),

@@ -192,3 +192,23 @@ def test_check_engines_reports_an_engine_it_cannot_reach(tmp_path):
     )
     line = next(x for x in done.stdout.splitlines() if x.startswith("bing"))
     assert line.split("\t")[1] == "unreachable"
+
+
+def test_ddp_on_two_cpu_processes_through_the_command_line(main_run, tmp_path):
+    """Lightning starts rank 1 by running the command again: `kgclip train`
+    must come back as the train stage alone, recorded once, by rank 0."""
+    run_dir, _ = main_run
+    shutil.copytree(run_dir / "shards", tmp_path / "shards")
+    done = kgclip(
+        "train", f"run.dir={tmp_path}", "run.progress=false",
+        "train/trainer=ddp", "train.trainer.accelerator=cpu",
+        "train.trainer.precision=32-true", "train.trainer.devices=2",
+        "train.data.resampled=true", "train.data.workers=1", "train.threads=1",
+        "train.trainer.max_steps=6", "train.trainer.val_check_interval=3",
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in output
+    runs = stage_runs(tmp_path)
+    assert [(stage, status) for stage, status, _ in runs] == [("train", "done")]
+    assert json.loads(runs[0][2])["steps"] == 6
+    assert (tmp_path / "train/model").is_dir()

@@ -59,6 +59,15 @@ class Catalog:
         )
         self.refresh_views()
 
+    @classmethod
+    def detached(cls, run_dir: Path) -> Catalog:
+        """The run directory without its database, for the processes of a
+        distributed training other than rank 0: rank 0 holds the catalog
+        and records the stage. Only ``run_dir`` may be used."""
+        catalog = cls.__new__(cls)
+        catalog.run_dir = Path(run_dir)
+        return catalog
+
     def close(self) -> None:
         self.con.close()
 

@@ -8,11 +8,13 @@ expect. ``--dry-run`` is kgclip's own flag: it becomes ``dry_run=true``.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import conf
@@ -130,8 +132,43 @@ def _run_order(cfg: DictConfig) -> list[str]:
     return ORDER[: ORDER.index(str(until)) + 1]
 
 
+# Environment variables that name a process's rank in a distributed run.
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+
+
+def secondary_rank() -> bool:
+    """Whether this process is a distributed training's rank other than 0."""
+    return any(os.environ.get(name, "0") not in ("", "0") for name in RANK_VARIABLES)
+
+
+def _relaunch_argv(stage: str) -> list[str]:
+    """The command line that runs ``stage`` alone, with this job's overrides.
+
+    Lightning starts the other ranks of a DDP run by running ``sys.argv``
+    again. ``kgclip STAGE`` is no file it can run, and ``kgclip run`` or a
+    sweep would repeat every stage or job in each rank; this runs this
+    module with the job's own overrides and ``stage=STAGE``.
+    """
+    try:
+        task = list(HydraConfig.get().overrides.task)
+    except ValueError:  # not under Hydra (a test calling run_stage)
+        task = []
+    kept = [arg for arg in task if not arg.startswith("stage=")]
+    options: list[str] = []
+    args = sys.argv[1:]
+    for i, arg in enumerate(args):  # where the configuration comes from
+        if arg in ("--config-path", "-cp", "--config-name", "-cn",
+                   "--config-dir", "-cd") and i + 1 < len(args):  # fmt: skip
+            options += [arg, args[i + 1]]
+    return [str(Path(__file__).resolve()), *options, *kept, f"stage={stage}"]
+
+
 def run_stage(cfg: DictConfig, stage: str) -> dict:
     """Run one stage, recording it in ``stage_runs``; log one summary line."""
+    sys.argv = _relaunch_argv(stage)
+    if secondary_rank():
+        # a rank > 0 of a distributed training: rank 0 records the stage
+        return STAGES[stage](cfg, Catalog.detached(Path(cfg.run.dir)))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
     section = {key: resolved.get(key) for key in ("kg", stage, "dry_run")}
@@ -152,3 +189,9 @@ def run_stage(cfg: DictConfig, stage: str) -> dict:
     summary = " ".join(f"{key}={value}" for key, value in counts.items())
     log.info("stage=%s status=done %s", stage, summary)
     return counts
+
+
+if __name__ == "__main__":
+    # How the ranks of a distributed training start (see _relaunch_argv): the
+    # arguments are Hydra's already, ``stage=`` among them.
+    _hydra_main()
