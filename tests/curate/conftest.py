@@ -3,7 +3,9 @@ excerpts by the project's own ingest and harvest."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -46,3 +48,30 @@ def onezoom_taxa(harvest_dump: Harvester) -> pa.Table:
         HarvestConfig(kind="taxa", roots=[HOMO, MAMMALS]),
         snapshot="2024-04-08",
     )
+
+
+# A CLIP small enough to build in a second: the CLIP filter's tests score
+# with it, randomly initialised (no weights can be downloaded).
+TINY_CLIP = "clip-filter-tiny"
+TINY_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 1,
+                   "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
+                 "layers": 1},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """The tiny CLIP's name, registered with open_clip, and a file of its
+    random weights (seed 0)."""
+    torch = pytest.importorskip("torch")
+    open_clip = pytest.importorskip("open_clip")
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    (folder / f"{TINY_CLIP}.json").write_text(json.dumps(TINY_CLIP_CONFIG))
+    open_clip.add_model_config(folder)
+    torch.manual_seed(0)
+    weights = folder / "weights.pt"
+    torch.save(open_clip.create_model(TINY_CLIP).state_dict(), weights)
+    return TINY_CLIP, weights

@@ -6,7 +6,6 @@ undecodable images and thresholds, and that an exported kgclip model loads.
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -14,18 +13,11 @@ import pytest
 
 from curate.clip_filter import ClipFilterConfig, ClipScorer, keep
 from kg.errors import ConfigError
+from tests.curate.conftest import TINY_CLIP_CONFIG
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
-
-TINY = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 1,
-                   "head_width": 32},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
-                 "layers": 1},
-}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +32,12 @@ def photos():
 
 
 @pytest.fixture(scope="module")
-def scorer(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("arch")
-    (folder / "clip-filter-tiny.json").write_text(json.dumps(TINY))
-    open_clip.add_model_config(folder)
-    torch.manual_seed(0)
-    model, _, preprocess = open_clip.create_model_and_transforms("clip-filter-tiny")
-    tokenizer = open_clip.get_tokenizer("clip-filter-tiny")
+def scorer(tiny_clip):
+    name, weights = tiny_clip
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        name, pretrained=str(weights)
+    )
+    tokenizer = open_clip.get_tokenizer(name)
     return ClipScorer(model, preprocess, tokenizer, batch_size=2)
 
 
@@ -94,7 +85,7 @@ def test_loads_an_exported_kgclip_model(tmp_path, photos):
     from train.export import export_model
     from train.models import create
 
-    config = ModelConfig(name="clip-filter-export", architecture=TINY)
+    config = ModelConfig(name="clip-filter-export", architecture=TINY_CLIP_CONFIG)
     parts = create(config, tmp_path / "configs")
     export_model(parts.model, config, tmp_path / "model")
     loaded = ClipScorer.load(

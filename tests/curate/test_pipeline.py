@@ -127,36 +127,23 @@ def test_curate_before_download_is_a_clear_error(tmp_path):
         curate(tmp_path, entities, queries, CurateConfig())
 
 
-def test_clip_filter_drops_the_pairs_scoring_below_the_threshold(crawled, tmp_path):
+def test_clip_filter_drops_the_pairs_scoring_below_the_threshold(
+    crawled, tiny_clip, tmp_path
+):
     """A small random model: its scores mean nothing, but the stage must
     drop exactly the pairs that score below the threshold, and count them."""
-    torch = pytest.importorskip("torch")
-    open_clip = pytest.importorskip("open_clip")
     from crawl.archive import WarcArchive
     from crawl.web import Location
     from curate.clip_filter import ClipFilterConfig, ClipScorer
 
-    tiny = {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 1,
-                       "head_width": 32},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32,
-                     "heads": 2, "layers": 1},
-    }  # fmt: skip
-    (tmp_path / "curate-filter-tiny.json").write_text(json.dumps(tiny))
-    open_clip.add_model_config(tmp_path)
-    torch.manual_seed(0)
-    model = open_clip.create_model("curate-filter-tiny")
-    weights = tmp_path / "weights.pt"
-    torch.save(model.state_dict(), weights)
-
+    name, weights = tiny_clip
     source, entities, queries = crawled
     run_dir = tmp_path / "run"
     shutil.copytree(source, run_dir)
 
     def run(threshold: float) -> tuple[dict, set[tuple[str, str]]]:
         clip = ClipFilterConfig(
-            enabled=True, model="curate-filter-tiny", checkpoint=str(weights),
+            enabled=True, model=name, checkpoint=str(weights),
             threshold=threshold, batch_size=8,
         )  # fmt: skip
         config = CurateConfig(
@@ -180,7 +167,7 @@ def test_clip_filter_drops_the_pairs_scoring_below_the_threshold(crawled, tmp_pa
                                   images[p["image_id"]]["warc_offset"])).body
             for p in pairs
         ]  # fmt: skip
-    clip = ClipFilterConfig(model="curate-filter-tiny", checkpoint=str(weights))
+    clip = ClipFilterConfig(model=name, checkpoint=str(weights))
     scores = ClipScorer.load(clip).score(data, [p["caption"] for p in pairs])
     threshold = float(sorted(scores)[len(scores) // 2])
     expected = {
