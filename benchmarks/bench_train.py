@@ -38,7 +38,6 @@ import json
 import logging
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -88,14 +87,10 @@ LEARNING = [
 
 
 def compose_train(*overrides: str) -> DictConfig:
-    """The ``train`` section of conf/config.yaml (the group added if missing)."""
+    """The ``train`` section of conf/config.yaml, with overrides."""
     folder = Path(conf.__file__).parent
-    listed = re.search(
-        r"^\s*-\s*train\s*:", (folder / "config.yaml").read_text(), re.MULTILINE
-    )
-    group = [] if listed else ["+train=default"]
     with initialize_config_dir(config_dir=str(folder), version_base="1.3"):
-        return compose("config", overrides=[*group, *overrides]).train
+        return compose("config", overrides=list(overrides)).train
 
 
 def device_settings() -> tuple[list[str], str]:
