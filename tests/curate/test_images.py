@@ -459,17 +459,22 @@ def test_resize_rules(photo_bytes: bytes, rule: str, size: tuple[int, int]) -> N
 
 @pytest.mark.parametrize("resample", sorted(ci.RESAMPLE_FILTERS))
 def test_every_filter_is_close_to_lanczos(photo_bytes: bytes, resample: str) -> None:
-    image = ci.decode_rgb(photo_bytes)
+    image = ci.decode_rgb(photo_bytes)  # 640 x 427: a shrink by 1.67
     resized = ci.resize(image, "shorter_side", 256, resample=resample)
     reference = image.resize(resized.size, Image.Resampling.LANCZOS)
-    assert psnr(resized, reference) > 33
+    # box is the softest between whole factors (documented in RESAMPLE_FILTERS)
+    assert psnr(resized, reference) > (30 if resample == "box" else 33)
+    if resample in ("bicubic", "lanczos"):
+        assert psnr(resized, reference) > 40
 
 
 def test_large_png_is_reduced_then_resampled(photo_bytes: bytes) -> None:
     # No decoder scaling for PNG: a box reduction by a whole factor stands in.
     image = ci.decode_rgb(photo_bytes).resize((1920, 1281), Image.Resampling.LANCZOS)
     resized = ci.resize(image, "shorter_side", 256)
-    assert psnr(resized, image.resize((384, 256), Image.Resampling.LANCZOS)) > 38
+    assert psnr(resized, image.resize((384, 256), Image.Resampling.LANCZOS)) > 36
+    sharp = ci.resize(image, "shorter_side", 256, resample="bicubic")
+    assert psnr(sharp, image.resize((384, 256), Image.Resampling.LANCZOS)) > 38
     exported = ci.export_jpeg(encode(image, compress_level=1))
     assert Image.open(io.BytesIO(exported)).size == (384, 256)
     assert exported == ci.encode_jpeg(resized)
@@ -481,7 +486,8 @@ def test_center_crop_is_the_middle_square(photo_bytes: bytes) -> None:
     reference = image.crop((left, 0, left + 427, 427)).resize(
         (256, 256), Image.Resampling.LANCZOS
     )
-    assert psnr(ci.resize(image, "center_crop", 256), reference) > 40
+    cropped = ci.resize(image, "center_crop", 256, resample="lanczos")
+    assert psnr(cropped, reference) > 40
 
 
 def test_small_images_are_not_upscaled_unless_asked(flowers: list[Path]) -> None:
