@@ -39,7 +39,7 @@ class _StartStep(L.Callback):
     """Remembers the step training started from (after a resume, not 0)."""
 
     def __init__(self) -> None:
-        self.step = 0
+        self.step: int | None = None  # None: training did not start
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.step = trainer.global_step
@@ -90,7 +90,8 @@ def fit(cfg: DictConfig | dict[str, Any], run_dir: Path) -> dict[str, Any]:
     loss = trainer.callback_metrics.get("train/loss")
     return {
         "steps": trainer.global_step,
-        "start_step": start.step,
+        # a run resumed at max_steps trains nothing and starts where it ends
+        "start_step": trainer.global_step if start.step is None else start.step,
         "epochs": trainer.current_epoch,
         "train_samples": datamodule.num_train_samples,
         "loss": round(float(loss), 4) if loss is not None else None,

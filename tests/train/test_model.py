@@ -123,6 +123,9 @@ def test_resume_continues_the_step_count(trained):
     assert checkpoint["global_step"] == 5
     # the resumed run logs into its own CSV; the report reads both
     assert (run / "train" / "logs" / "version_1" / "metrics.csv").exists()
+    # resumed at max_steps: nothing to train, and it says where it stands
+    again = fit(small_train_config(*overrides, "train.trainer.max_steps=5"), run)
+    assert again["start_step"] == again["steps"] == 5
 
 
 def test_exported_model_loads_in_open_clip_with_identical_outputs(trained, flowers):
