@@ -197,15 +197,12 @@ def harvest(
     entities = _pivot(con, facts, config)
     log.info("harvest found %d entity rows", entities.num_rows)
     entities = _attach_lineage(entities)
-    entities = _name_ranks(graph, entities, config)
-    entities = _name_parents_and_attributes(graph, entities, config)
+    entities = _add_names(graph, entities, config)
     entities = _select(con, entities, config)
     rows = entities.num_rows
-    source = pa.array([graph.source] * rows, pa.string())
-    entities = entities.append_column("source", source)
-    entities = entities.append_column(
-        "snapshot", pa.array([snapshot] * rows, pa.string())
-    )
+    for name, value in (("source", graph.source), ("snapshot", snapshot)):
+        column = pa.repeat(pa.scalar(value, pa.string()), rows)
+        entities = entities.append_column(name, column)
     return entities.select(ENTITY_SCHEMA.names).cast(ENTITY_SCHEMA)
 
 
@@ -244,6 +241,11 @@ def _pivot(
     same root is kept once, as a class. Lists are sorted after grouping
     (``list_sort``), which is much cheaper than ordered aggregates. Rows come
     ordered by root, then QID number.
+
+    The fact rows are sorted by entity before grouping. They arrive one kind
+    of fact after another, each kind touching every entity, which defeats the
+    thread-local pre-aggregation of DuckDB's hash aggregate; sorted, each
+    entity's facts meet in one place and the grouping costs a fraction.
     """
     parts = [
         f"SELECT *, {KIND_ORDER[kind]} AS kind_order, '{kind}' AS kind FROM {source}"
@@ -256,6 +258,9 @@ def _pivot(
 
     languages = [lang.lower() for lang in config.languages]
     qid = f"replace({{}}, '{terms.WD}', '')"
+    # Values computed from a fact go inside CASE: DuckDB evaluates an
+    # aggregate's argument on every row, its FILTER only selects afterwards.
+    attribute = "key LIKE 'attribute:%'"
     return con.sql(
         f"""
         SELECT
@@ -265,21 +270,28 @@ def _pivot(
             list_sort(coalesce(list(value) FILTER (key = 'alias'), [])) AS aliases,
             any_value(kind) AS kind,
             {qid.format("root")} AS root,
-            list_sort(coalesce(list({qid.format("value")}) FILTER (key = 'parent'),
-                [])) AS parents,
+            list_sort(coalesce(list(
+                CASE WHEN key = 'parent' THEN {qid.format("value")} END
+            ) FILTER (key = 'parent'), [])) AS parents,
             {qid.format("min(value) FILTER (key = 'rank')")} AS rank_qid,
             min(value) FILTER (key = 'taxon_name') AS taxon_name,
-            list_transform(list_sort(coalesce(
-                list({{'p': lang_pos, 'language': lang, 'name': value}})
-                FILTER (key = 'common_name'), [])),
+            list_transform(list_sort(coalesce(list(
+                CASE WHEN key = 'common_name'
+                THEN {{'p': lang_pos, 'language': lang, 'name': value}} END
+            ) FILTER (key = 'common_name'), [])),
                 lambda c: {{'language': c.language, 'name': c.name}}) AS common_names,
             list_sort(coalesce(list(value) FILTER (key = 'image'), [])) AS images,
-            max(TRY_CAST(value AS BIGINT)) FILTER (key = 'sitelinks') AS sitelinks,
-            list_sort(coalesce(list({{
-                'property': substr(key, 11), 'value': {qid.format("value")}
-            }}) FILTER (key LIKE 'attribute:%'), [])) AS attributes
+            max(
+                CASE WHEN key = 'sitelinks' THEN TRY_CAST(value AS BIGINT) END
+            ) AS sitelinks,
+            list_sort(coalesce(list(
+                CASE WHEN {attribute} THEN {{
+                    'property': substr(key, 11), 'value': {qid.format("value")}
+                }} END
+            ) FILTER ({attribute}), [])) AS attributes
         FROM (
             SELECT *, coalesce(list_position(?, lang), 0) AS lang_pos FROM {kept}
+            ORDER BY root, item
         )
         GROUP BY root, item
         ORDER BY root, TRY_CAST(substr(qid, 2) AS BIGINT), qid
@@ -301,12 +313,19 @@ def _attach_lineage(entities: pa.Table) -> pa.Table:
     num_rows = len(qids)
 
     # Parent edges between members reached from the same root, as row numbers.
-    keys = pc.binary_join_element_wise(roots, qids, "|")
     owners = pc.list_parent_indices(parents)
-    edge_keys = pc.binary_join_element_wise(
-        roots.take(owners), pc.list_flatten(parents), "|"
-    )
-    parent_rows = pc.index_in(edge_keys, value_set=keys)
+    flat_parents = pc.list_flatten(parents)
+    if roots.null_count == 0 and pc.count_distinct(roots).as_py() <= 1:
+        # One root: a QID alone names a row.
+        found = pc.index_in(pa.concat_arrays([flat_parents, roots]), value_set=qids)
+        parent_rows = found.slice(0, len(flat_parents))
+        root_rows = found.slice(len(flat_parents))
+    else:
+        keys = pc.binary_join_element_wise(roots, qids, "|")
+        edge_keys = pc.binary_join_element_wise(roots.take(owners), flat_parents, "|")
+        parent_rows = pc.index_in(edge_keys, value_set=keys)
+        root_keys = pc.binary_join_element_wise(roots, roots, "|")
+        root_rows = pc.index_in(root_keys, value_set=keys)
     child = owners.to_numpy(zero_copy_only=False).astype(np.int64)
     parent = parent_rows.to_numpy(zero_copy_only=False)
     inside = ~np.isnan(parent) if parent.dtype.kind == "f" else parent >= 0
@@ -314,7 +333,6 @@ def _attach_lineage(entities: pa.Table) -> pa.Table:
     child, parent = child[child != parent], parent[child != parent]
 
     numbers = _qid_numbers(qids)
-    root_rows = pc.index_in(pc.binary_join_element_wise(roots, roots, "|"), keys)
     root_row = root_rows.to_numpy(zero_copy_only=False)
     root_row = np.where(np.isnan(root_row), -1, root_row).astype(np.int64)
     depth, chosen = _walk_down(
@@ -411,52 +429,42 @@ def _labels_of(
     return names
 
 
-def _name_ranks(
+def _add_names(
     graph: KnowledgeGraph, entities: pa.Table, config: HarvestConfig
 ) -> pa.Table:
-    """Add ``rank``: the rank's label from the data, else a known name, else QID."""
-    rank_qids = sorted({q for q in entities.column("rank_qid").to_pylist() if q})
-    names = {qid: RANK_NAMES.get(qid, qid) for qid in rank_qids}
-    names.update(_labels_of(graph, rank_qids, config))
-    ranks = [
-        names.get(q) if q else None for q in entities.column("rank_qid").to_pylist()
-    ]
-    return entities.append_column("rank", pa.array(ranks, pa.string()))
+    """Add ``rank``, ``parent_labels`` and the labels of ``attributes``' values.
 
-
-def _name_parents_and_attributes(
-    graph: KnowledgeGraph, entities: pa.Table, config: HarvestConfig
-) -> pa.Table:
-    """Add ``parent_labels`` and the labels of ``attributes``' values.
-
-    Names come from the harvested rows first; the graph is asked only for the
-    parents and values outside the harvest. Lookups run on flat Arrow arrays.
+    Parents and values are named from the harvested rows first. The graph is
+    asked once (per :data:`LABEL_BATCH`) for the ranks and for the QIDs that
+    are no harvested row: a harvested row without a label has none in these
+    languages. Lookups run on flat Arrow arrays.
     """
+    qids = entities.column("qid").combine_chunks()
+    labels = entities.column("label").combine_chunks()
     parents = entities.column("parents").combine_chunks()
     attributes = entities.column("attributes").combine_chunks()
     flat_parents = pc.list_flatten(parents)
     flat_attributes = pc.list_flatten(attributes)
     values = flat_attributes.field("value")
+    named = pa.concat_arrays([flat_parents, values])
 
-    # Every QID named in the harvest, with its label where the rows have one.
-    has_label = pc.is_valid(entities.column("label"))
-    labelled_qids = pc.filter(entities.column("qid"), has_label).combine_chunks()
-    labelled_labels = pc.filter(entities.column("label"), has_label).combine_chunks()
-    known = pc.unique(labelled_qids)
-    wanted = pc.unique(pa.concat_arrays([flat_parents, values]))
-    outside = pc.filter(wanted, pc.invert(pc.is_in(wanted, value_set=known)))
-    outside_qids = [q for q in outside.to_pylist() if q and _is_qid(q)]
-    extra = _labels_of(graph, sorted(outside_qids), config)
+    has_label = pc.is_valid(labels)
+    found = pc.index_in(named, value_set=pc.filter(qids, has_label))
+    missing = pc.unique(pc.filter(named, pc.is_null(found)))
+    unlabelled = pc.filter(qids, pc.invert(has_label))
+    outside = pc.filter(missing, pc.invert(pc.is_in(missing, value_set=unlabelled)))
+    ranks = pc.unique(entities.column("rank_qid").combine_chunks())
+    asked = {q for q in [*outside.to_pylist(), *ranks.to_pylist()] if q and _is_qid(q)}
+    extra = _labels_of(graph, sorted(asked), config)
+    entities = _name_ranks(entities, extra)
 
-    names_qid = pa.concat_arrays([labelled_qids, pa.array(list(extra), pa.string())])
-    names_label = pa.concat_arrays(
-        [
-            labelled_labels,
-            pa.array(list(extra.values()), pa.string()),
-        ]
-    )
-    parent_labels = names_label.take(pc.index_in(flat_parents, value_set=names_qid))
-    value_labels = names_label.take(pc.index_in(values, value_set=names_qid))
+    from_rows = pc.filter(labels, has_label).take(found)
+    extra_qids = pa.array(list(extra), pa.string())
+    extra_labels = pa.array(list(extra.values()), pa.string())
+    from_graph = extra_labels.take(pc.index_in(named, value_set=extra_qids))
+    names = pc.coalesce(from_rows, from_graph)
+    parent_labels = names.slice(0, len(flat_parents))
+    value_labels = names.slice(len(flat_parents))
     # A literal value (a colour given as text, say) is its own label.
     value_labels = pc.if_else(_qid_mask(values), value_labels, values)
 
@@ -469,6 +477,16 @@ def _name_parents_and_attributes(
     entities = entities.drop_columns(["attributes"])
     entities = entities.append_column("parent_labels", parent_lists)
     return entities.append_column("attributes", attribute_lists)
+
+
+def _name_ranks(entities: pa.Table, labels: dict[str, str]) -> pa.Table:
+    """Add ``rank``: the rank's label from the data, else a known name, else QID."""
+    rank_qids = entities.column("rank_qid").combine_chunks()
+    distinct = [q for q in pc.unique(rank_qids).to_pylist() if q]
+    names = [labels[q] if q in labels else RANK_NAMES.get(q, q) for q in distinct]
+    keys = pa.array(distinct, pa.string())
+    ranks = pa.array(names, pa.string()).take(pc.index_in(rank_qids, value_set=keys))
+    return entities.append_column("rank", ranks)
 
 
 def _offsets(lists: pa.ListArray) -> pa.Array:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 
 import pytest
@@ -188,6 +189,31 @@ def test_parent_labels_come_from_outside_the_harvest(taxa_store):
     assert by_qid["Q15978631"]["parents"] == ["Q171283"]
     assert by_qid["Q15978631"]["parent_labels"] == ["Homo"]
     assert by_qid["Q3238275"]["parent_labels"] == ["Homo sapiens"]
+
+
+def test_names_outside_the_harvest_take_one_query(taxa_store):
+    # The facts run inside the store; ranks and outside parents share one
+    # labels query, and harvested entities (labelled or not) are not in it.
+    graph = EmbeddedGraph(taxa_store)
+    asked: list[str] = []
+    select = graph.select
+
+    def recording(query: str):
+        asked.append(query)
+        return select(query)
+
+    graph.select = recording  # type: ignore[method-assign]
+    try:
+        table = harvest(graph, HarvestConfig(kind="taxa", roots=["Q15978631"]), None)
+    finally:
+        graph.close()
+    rows = table.to_pylist()
+    (query,) = asked
+    named = set(re.findall(r"wd:(Q[0-9]+)", query))
+    ranks = {r["rank_qid"] for r in rows if r["rank_qid"]}
+    assert ranks and ranks <= named
+    assert "Q171283" in named  # Homo, the parent outside the harvest
+    assert not ({r["qid"] for r in rows} - ranks) & named
 
 
 def test_attributes_of_human_from_the_json_dump(taxa_store):
