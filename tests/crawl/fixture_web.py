@@ -157,17 +157,23 @@ class FixtureWeb:
                 if (site is None or hit.site == site) and hit.path.startswith(prefix)
             ]
 
-    def max_concurrent(self, site: int | None = None, prefix: str = "") -> int:
+    def max_concurrent(
+        self, site: int | None = None, prefix: str = "", slack: float = 0.0
+    ) -> int:
         """Most matching requests the server was answering at one moment.
 
         Waits (up to 5 s) for the matching requests to end first, since the
-        client may have its answer before the server has logged the end.
+        client may have its answer before the server has logged the end. A
+        server thread may also log its end a little after the client has its
+        answer and sent the next request: ``slack`` seconds are taken off
+        each request's end, so that only a real overlap counts (use it with
+        answers that take longer than that).
         """
         deadline = time.monotonic() + 5
         hits = self.hits(site, prefix)
         while any(h.ended is None for h in hits) and time.monotonic() < deadline:
             time.sleep(0.01)
-        spans = [(h.started, h.ended or h.started) for h in hits]
+        spans = [(h.started, (h.ended or h.started) - slack) for h in hits]
         return max(
             (sum(start <= s < end for start, end in spans) for s, _ in spans),
             default=0,
