@@ -226,10 +226,11 @@ def _clip_filtered(
             [data[i] for i in part], captions[start : start + chunk]
         )
     passed = keep(scores, config.threshold)
-    drops["clip_score_below_threshold"] = int((~passed).sum())
+    dropped = int((~passed).sum())
+    drops["clip_score_below_threshold"] = dropped
     log.info(
         "clip filter: %d of %d pairs score below %.3f (median score %.3f)",
-        int((~passed).sum()), len(ids), config.threshold,
+        dropped, len(ids), config.threshold,
         float(np.nanmedian(scores)) if len(ids) else float("nan"),
     )  # fmt: skip
     return pairs.filter(pa.array(passed))

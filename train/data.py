@@ -96,12 +96,15 @@ def count_samples(urls: Sequence[str]) -> int:
 class ShardSource(IterableDataset):
     """Shard urls for this node and loader process: ``{"url": ...}`` dicts.
 
-    The order depends on (seed, epoch) only, so every rank agrees on it and
-    takes a disjoint share. Resampled, each process draws for ever from its
-    own generator (seed, epoch, rank, worker). That is what
-    ``wds.ResampledShards`` does, except for the epoch: its counter lives in
-    the loader process, which is new each epoch, so every epoch would draw
-    the same shards; here the epoch comes from :class:`SharedEpoch`.
+    For training, the order depends on (seed, epoch) only, so every rank
+    agrees on it and takes a disjoint share, pass after pass. Resampled,
+    each process draws for ever from its own generator (seed, epoch, rank,
+    worker). That is what ``wds.ResampledShards`` does, except for the
+    epoch: its counter lives in the loader process, which is new each
+    epoch, so every epoch would draw the same shards; here the epoch comes
+    from :class:`SharedEpoch`. For validation (``train=False``) every rank
+    reads the whole split once: each computes the same figures, and no rank
+    waits in a collective for another that ran out of val shards.
     """
 
     def __init__(
@@ -110,16 +113,14 @@ class ShardSource(IterableDataset):
         seed: int,
         epoch: SharedEpoch,
         resampled: bool,
-        cycle: bool = False,
-        split_ranks: bool = True,
+        train: bool = True,
     ) -> None:
         super().__init__()
         self.urls = list(urls)
         self.seed = seed
         self.epoch = epoch
-        self.resampled = resampled
-        self.cycle = cycle  # pass after pass, each in a new order (train only)
-        self.split_ranks = split_ranks  # a share per rank, or all to each (val)
+        self.resampled = resampled and train
+        self.train = train
 
     def __iter__(self) -> Iterator[dict[str, str]]:
         rank, world_size, worker, num_workers = wds.utils.pytorch_worker_info()
@@ -128,20 +129,24 @@ class ShardSource(IterableDataset):
             rng = random.Random(f"{self.seed}:{epoch}:{rank}:{worker}")
             while True:
                 yield {"url": rng.choice(self.urls)}
-        else:
-            # Passes continue one stream, so batches run across a pass's end
-            # and a small dataset still fills its batches; the epoch's batch
-            # count (``with_epoch``) ends it. The first pass keeps the plain
-            # (seed, epoch) order.
-            for rep in itertools.count():
-                urls = list(self.urls)
-                suffix = f":{rep}" if rep else ""
-                random.Random(f"{self.seed}:{epoch}{suffix}").shuffle(urls)
-                share = urls[rank::world_size] if self.split_ranks else urls
-                for url in share[worker::num_workers]:
-                    yield {"url": url}
-                if not self.cycle:
-                    return
+        # Training passes continue one stream, so batches run across a pass's
+        # end and a small dataset still fills its batches; the epoch's batch
+        # count (``with_epoch``) ends it. The first pass keeps the plain
+        # (seed, epoch) order.
+        # Shortcoming: a loader process whose shards hold no sample at all
+        # would cycle for ever. The export writes no empty shard and
+        # train_dataloader refuses an empty split, so it cannot happen with
+        # kgclip's own shards; skipping a pass that yielded no sample (known
+        # only downstream of this source) would guard foreign ones.
+        for rep in itertools.count():
+            urls = list(self.urls)
+            suffix = f":{rep}" if rep else ""
+            random.Random(f"{self.seed}:{epoch}{suffix}").shuffle(urls)
+            share = urls[rank::world_size] if self.train else urls
+            for url in share[worker::num_workers]:
+                yield {"url": url}
+            if not self.train:
+                return
 
 
 @dataclass
@@ -245,12 +250,7 @@ def pipeline(
 ) -> wds.DataPipeline:
     """The webdataset pipeline of one split, batched inside the loader process."""
     stages: list[Any] = [
-        # Validation reads the whole split on every rank: each computes the
-        # same figures, and no rank waits in a collective for another that
-        # ran out of val shards.
-        ShardSource(
-            urls, decoder.seed, decoder.epoch, resampled and train, train, train
-        ),
+        ShardSource(urls, decoder.seed, decoder.epoch, resampled, train),
         wds.tarfile_to_samples(handler=log_and_skip),
     ]
     if train and shuffle_buffer > 1:

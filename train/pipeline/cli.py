@@ -38,15 +38,12 @@ ORDER = [
     "evaluate",
 ]  # `kgclip run` runs these, in this order
 FLAGS = {"--dry-run": "dry_run=true", "--check-engines": "check_engines=true"}
-# Hydra options followed by a value, and the values --info may take.
-VALUED_OPTIONS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp"}
-VALUED_OPTIONS |= {
-    "--config-name",
-    "-cn",
-    "--config-dir",
-    "-cd",
-    "--experimental-rerun",
-}
+# Hydra options followed by a value: those that say where the configuration
+# comes from (a relaunched DDP rank keeps them), and the others.
+CONFIG_OPTIONS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
+VALUED_OPTIONS = {"--cfg", "-c", "--package", "-p", "--experimental-rerun"}
+VALUED_OPTIONS |= CONFIG_OPTIONS
+# The values --info may take.
 INFO_CHOICES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
 
 USAGE = f"""usage: kgclip STAGE [key=value ...] [--dry-run] [--multirun] [--cfg job]
@@ -156,9 +153,8 @@ def _relaunch_argv(stage: str) -> list[str]:
     kept = [arg for arg in task if not arg.startswith("stage=")]
     options: list[str] = []
     args = sys.argv[1:]
-    for i, arg in enumerate(args):  # where the configuration comes from
-        if arg in ("--config-path", "-cp", "--config-name", "-cn",
-                   "--config-dir", "-cd") and i + 1 < len(args):  # fmt: skip
+    for i, arg in enumerate(args):
+        if arg in CONFIG_OPTIONS and i + 1 < len(args):
             options += [arg, args[i + 1]]
     return [str(Path(__file__).resolve()), *options, *kept, f"stage={stage}"]
 
