@@ -210,7 +210,13 @@ def _clip_filtered(
     drops: dict[str, int],
     chunk: int = 1024,
 ) -> pa.Table:
-    """The pairs whose image and default caption score at least the threshold."""
+    """The pairs whose image and default caption score at least the threshold.
+
+    Shortcoming: an image found for several entities is encoded once per
+    pair. Acceptable while the filter is off by default and most images have
+    one or two pairs; scoring each distinct image once against all its
+    captions (an image-then-texts method on ClipScorer) would remove it.
+    """
     scorer = ClipScorer.load(config)
     where = {
         row["image_id"]: row
